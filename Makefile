@@ -1,0 +1,41 @@
+# The README's commands. `make demo` and `make test` create or refresh .venv by themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mammobench-installed
+PORT ?= 5000
+export HF_HUB_OFFLINE ?= 1
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.5
+
+.PHONY: demo test lint format ui venv clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/mammobench synth runs/demo-data --patients 24 --seed 0
+	$(BIN)/mammobench catalog runs/demo-data
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+ui: venv
+	$(BIN)/mammobench ui --port $(PORT)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,299 @@
+"""The CBIS-DDSM catalog: one record per abnormality and per full image, files resolved, splits made.
+
+``build_catalog(DATA)`` reads any subset of the four case-description CSVs, resolves every referenced
+DICOM in whichever layout the download uses (see ``layout``), tells the ROI mask from the lesion crop
+by content (CBIS-DDSM swaps them in places), and assigns patient-level splits (see ``splits``).
+Nothing is dropped silently: unreadable rows and unsafe paths are ``rejected`` with a reason, rows of
+patients who are also test patients are ``excluded``, absent files are listed as ``missing``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from data_pipeline.case_csv import CaseRow, find_case_csvs, read_case_csv
+from data_pipeline.dicom import DicomError, read_header
+from data_pipeline.layout import SeriesIndex, UnsafePathError, check_relative, series_files
+from data_pipeline.splits import assign_splits, row_split
+
+MASK_SIZE_TOLERANCE = 0.25  # a mask is "about the full image's size"
+
+
+@dataclass(frozen=True)
+class Abnormality:
+    """One lesion: the CSV's cleaned values, its files (relative to DATA) and its split."""
+
+    key: str
+    image_key: str
+    patient_id: str
+    lesion_type: str
+    official_split: str
+    split: str
+    side: str
+    view: str
+    abnormality_id: int
+    pathology: str
+    assessment: int | None
+    subtlety: int | None
+    breast_density: int | None
+    morphology: str | None
+    distribution: str | None
+    csv_file: str
+    line: int
+    image_csv_path: str = ""
+    roi_csv_path: str = ""
+    image_file: str | None = None
+    mask_file: str | None = None
+    crop_file: str | None = None
+    roi_by_content: bool = False
+
+
+@dataclass(frozen=True)
+class FullImage:
+    """One full mammogram with its lesions; malignant if any lesion is."""
+
+    image_key: str
+    patient_id: str
+    lesion_type: str
+    official_split: str
+    split: str
+    side: str
+    view: str
+    pathology: str
+    image_file: str | None
+    image_csv_path: str
+    abnormality_keys: tuple[str, ...]
+    mask_files: tuple[str | None, ...]
+    lesion_pathologies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A CSV row that was not used, and why (never opened when its path is unsafe)."""
+
+    csv_file: str
+    line: int
+    reason: str
+    key: str | None = None
+
+
+@dataclass
+class Catalog:
+    """Everything the later stages need to know about one CBIS-DDSM download."""
+
+    root: Path
+    csv_files: list[str]
+    abnormalities: list[Abnormality]
+    images: list[FullImage]
+    rejected: list[Rejection]
+    missing: list[str] = field(default_factory=list)
+    patients: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``mammobench catalog --json``."""
+        by_split = Counter({s: 0 for s in ("train", "val", "test", "excluded")})
+        by_split.update(a.split for a in self.abnormalities)
+        return {
+            "data": str(self.root),
+            "csv_files": self.csv_files,
+            "abnormalities": len(self.abnormalities) + len(self.rejected),
+            "images": len({a.image_key for a in self.abnormalities} | self._rejected_images()),
+            "patients": self.patients,
+            "by_split": dict(by_split),
+            "images_by_split": dict(Counter(i.split for i in self.images)),
+            "by_pathology": dict(Counter(a.pathology for a in self.abnormalities)),
+            "by_lesion_type": dict(Counter(a.lesion_type for a in self.abnormalities)),
+            "missing_files": len(self.missing),
+            "missing_examples": self.missing[:10],
+            "rejected_rows": len(self.rejected),
+            "rejections": [asdict(r) for r in self.rejected[:50]],
+            "roi_by_content": sum(a.roi_by_content for a in self.abnormalities),
+        }
+
+    def _rejected_images(self) -> set[str]:
+        return {r.key.rsplit("_", 1)[0] for r in self.rejected if r.key}
+
+
+def _check_paths(row: CaseRow) -> list[PurePosixPath]:
+    return [check_relative(p) for p in (row.image_path, row.crop_path, row.roi_path)]
+
+
+def _shape(path: Path) -> tuple[int, int, int] | None:
+    try:
+        header = read_header(path)
+    except DicomError:
+        return None  # unreadable: not missing; prepare quarantines it with the reason
+    return header["rows"], header["columns"], header["bits_allocated"]
+
+
+def _pick_mask(candidates: list[Path], image: Path | None) -> tuple[Path | None, Path | None]:
+    """Mask and crop among a ROI series' files, by content: a mask is 8-bit and image-sized."""
+    shapes = {path: _shape(path) for path in candidates}
+    image_shape = _shape(image) if image is not None else None
+    masks, crops = [], []
+    for path, shape in shapes.items():
+        if shape is None:
+            continue
+        if shape[2] == 8 and (image_shape is None or _about_same(shape, image_shape)):
+            masks.append(path)
+        elif shape[2] == 16:
+            crops.append(path)
+    return (masks[0] if masks else None), (crops[0] if crops else None)
+
+
+def _about_same(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return all(abs(x - y) <= MASK_SIZE_TOLERANCE * y for x, y in zip(a[:2], b[:2], strict=True))
+
+
+class _Resolver:
+    """Resolves a row's three CSV paths to files, recording the ones that are absent."""
+
+    def __init__(self, index: SeriesIndex) -> None:
+        self.index = index
+        self.missing: dict[str, None] = {}
+
+    def file(self, csv_path: PurePosixPath) -> Path | None:
+        found = self.index.resolve_file(csv_path)
+        if found is None:
+            self.missing[str(csv_path)] = None
+        return found
+
+    def roi_files(self, crop: PurePosixPath, roi: PurePosixPath) -> list[Path]:
+        files: dict[Path, None] = {}
+        for path in (crop, roi):
+            folder = self.index.series_dir(path)
+            if folder is None:
+                self.missing[str(path)] = None
+                continue
+            files.update(dict.fromkeys(f for f in series_files(folder) if self._inside(f)))
+        return list(files)
+
+    def _inside(self, path: Path) -> bool:
+        return path.is_relative_to(self.index.root)
+
+    def rel(self, path: Path | None) -> str | None:
+        return None if path is None else self.index.relative(path)
+
+
+def _abnormality(row: CaseRow, paths: list[PurePosixPath], res: _Resolver) -> Abnormality:
+    image = res.file(paths[0])
+    candidates = res.roi_files(paths[1], paths[2])
+    mask, crop = _pick_mask(candidates, image)
+    by_content = mask is not None
+    if mask is None and candidates:
+        mask = res.index.resolve_file(paths[2])  # unverified: prepare checks the content
+    if crop is None and candidates:
+        crop = res.index.resolve_file(paths[1])
+    return Abnormality(
+        key=row.key,
+        image_key=row.image_key,
+        split="",
+        **{k: v for k, v in asdict(row).items() if k in _ROW_FIELDS},
+        image_csv_path=str(paths[0]),
+        roi_csv_path=str(paths[2]),
+        image_file=res.rel(image),
+        mask_file=res.rel(mask),
+        crop_file=res.rel(crop),
+        roi_by_content=by_content,
+    )
+
+
+_ROW_FIELDS = set(Abnormality.__dataclass_fields__) - {"key", "image_key", "split"}
+
+
+def _images(abnormalities: list[Abnormality]) -> list[FullImage]:
+    groups: dict[str, list[Abnormality]] = {}
+    for abn in abnormalities:
+        groups.setdefault(abn.image_key, []).append(abn)
+    images = []
+    for key, lesions in sorted(groups.items()):
+        lesions.sort(key=lambda a: a.abnormality_id)
+        first = lesions[0]
+        pathologies = tuple(a.pathology for a in lesions)
+        images.append(
+            FullImage(
+                image_key=key,
+                patient_id=first.patient_id,
+                lesion_type=first.lesion_type,
+                official_split=first.official_split,
+                split=first.split,
+                side=first.side,
+                view=first.view,
+                pathology=image_pathology(pathologies),
+                image_file=first.image_file,
+                image_csv_path=first.image_csv_path,
+                abnormality_keys=tuple(a.key for a in lesions),
+                mask_files=tuple(a.mask_file for a in lesions),
+                lesion_pathologies=pathologies,
+            )
+        )
+    return images
+
+
+def image_pathology(pathologies: tuple[str, ...]) -> str:
+    """Image-level pathology: malignant if any lesion is, else benign if any lesion is."""
+    for label in ("MALIGNANT", "BENIGN"):
+        if label in pathologies:
+            return label
+    return "BENIGN_WITHOUT_CALLBACK"
+
+
+def build_catalog(
+    data: Path, csv_dir: Path | None = None, val_fraction: float = 0.15, seed: int = 0
+) -> Catalog:
+    """Catalog a CBIS-DDSM download (or ``mammobench synth`` output).
+
+    Args:
+        data: Folder holding the DICOM tree (CSV layout or NBIA layout) and, unless ``csv_dir`` is
+            given, the case-description CSVs at any depth.
+        csv_dir: Folder holding the case-description CSVs, if they live elsewhere.
+        val_fraction: Share of training patients carved out as validation.
+        seed: Seed of the validation split.
+    """
+    data = data.resolve()
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: DATA folder not found")
+    csvs = find_case_csvs((csv_dir or data).resolve())
+    if not csvs:
+        raise FileNotFoundError(f"no CBIS-DDSM case-description CSVs under {csv_dir or data}")
+    rows, rejected = _read_rows(csvs, data)
+    resolver = _Resolver(SeriesIndex.build(data))
+    records: list[Abnormality] = []
+    for row in rows:
+        try:
+            paths = _check_paths(row)
+        except UnsafePathError as exc:
+            rejected.append(Rejection(row.csv_file, row.line, str(exc), row.key))
+            continue
+        records.append(_abnormality(row, paths, resolver))
+    splits = assign_splits(
+        ((a.patient_id, a.official_split, a.pathology) for a in records), val_fraction, seed
+    )
+    records = [replace(a, split=row_split(splits[a.patient_id], a.official_split)) for a in records]
+    return Catalog(
+        root=data,
+        csv_files=[_label(p, data) for p in csvs],
+        abnormalities=records,
+        images=_images(records),
+        rejected=rejected,
+        missing=list(resolver.missing),
+        patients=len({r.patient_id for r in rows}),
+    )
+
+
+def _read_rows(csvs: list[Path], data: Path) -> tuple[list[CaseRow], list[Rejection]]:
+    rows: list[CaseRow] = []
+    rejected: list[Rejection] = []
+    for path in csvs:
+        label = _label(path, data)
+        parsed, bad = read_case_csv(path, label)
+        rows.extend(parsed)
+        rejected.extend(Rejection(label, line, reason) for line, reason in bad)
+    return rows, rejected
+
+
+def _label(path: Path, data: Path) -> str:
+    return path.relative_to(data).as_posix() if path.is_relative_to(data) else str(path)

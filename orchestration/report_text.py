@@ -1,0 +1,46 @@
+"""Plain-text renderings of summaries for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def catalog_text(summary: dict[str, Any]) -> str:
+    """A readable catalog summary."""
+    lines = [
+        f"CBIS-DDSM catalog of {summary['data']}",
+        f"  CSV files      {', '.join(summary['csv_files'])}",
+        f"  abnormalities  {summary['abnormalities']}",
+        f"  full images    {summary['images']}",
+        f"  patients       {summary['patients']}",
+        f"  by split       {_counts(summary['by_split'])}",
+        f"  by pathology   {_counts(summary['by_pathology'])}",
+        f"  by lesion type {_counts(summary['by_lesion_type'])}",
+        f"  missing files  {summary['missing_files']}",
+        f"  rejected rows  {summary['rejected_rows']}",
+    ]
+    lines += [f"    e.g. missing {path}" for path in summary["missing_examples"][:3]]
+    lines += [
+        f"    rejected {r['csv_file']} line {r['line']}: {r['reason']}"
+        for r in summary["rejections"][:5]
+    ]
+    return "\n".join(lines)
+
+
+def prepare_text(manifest: dict[str, Any], out: Any, tasks: tuple[str, ...]) -> tuple[str, float]:
+    """A readable prepare summary, and the largest quarantined share among ``tasks``."""
+    lines, worst = [f"prepared {out}"], 0.0
+    for task in tasks:
+        t = manifest["tasks"][task]
+        share = t["quarantined"] / t["expected"] if t["expected"] else 0.0
+        worst = max(worst, share)
+        lines.append(
+            f"  {task:<15} expected {t['expected']:>6}  written {t['written']:>6}  "
+            f"quarantined {t['quarantined']:>5} ({share:.1%})  {_counts(t['splits'])}"
+        )
+    lines.append(f"  manifest {out}/manifest.json, quarantine {out}/quarantine.csv")
+    return "\n".join(lines), worst
