@@ -1,9 +1,9 @@
 """Decode CBIS-DDSM DICOM files into display-ready numpy arrays, quickly and with specific errors.
 
 CBIS-DDSM originals are uncompressed 16-bit MONOCHROME2 Secondary Captures, 25-30 MB each; copies
-found elsewhere are often re-encoded (RLE, JPEG 2000). For uncompressed little-endian files the pixel
-bytes are viewed with ``np.frombuffer`` (``Dataset.pixel_array`` costs several times more); every
-other transfer syntax goes through pydicom's decoders and their pylibjpeg plugins.
+found elsewhere are often re-encoded (RLE, JPEG 2000). For uncompressed little-endian files the
+pixel bytes are viewed with ``np.frombuffer`` (``Dataset.pixel_array`` costs several times more);
+every other transfer syntax goes through pydicom's decoders and their pylibjpeg plugins.
 
 Every failure raises ``DicomError`` whose ``reason`` is short, specific and free of header values
 (no names, dates or UIDs): the caller adds the file path and quarantines the file.
@@ -35,6 +35,7 @@ PathArg = str | PathLike[str]
 
 PIXEL_DATA_TAG = 0x7FE00010
 FAST_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 MAMMO_VIEWS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "AT"})
 _TRUNCATION_WARNING = "End of file reached"
 
@@ -58,8 +59,8 @@ def read_image(path: PathArg) -> np.ndarray:
         path: DICOM file.
 
     Returns:
-        A 2-D ``uint16`` (BitsAllocated 16) or ``uint8`` (BitsAllocated 8) array of RowsxColumns.
-        On the uncompressed fast path it may be a read-only view of the file's bytes.
+        A 2-D Rows x Columns array, ``uint16`` for BitsAllocated 16 and ``uint8`` for 8. On the
+        uncompressed fast path it may be a read-only view of the file's bytes.
 
     Raises:
         DicomError: the file is missing, not DICOM, truncated, has no or undecodable pixel data,
@@ -180,7 +181,7 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
 
 
 def _stored_pixels(ds: Dataset) -> np.ndarray:
-    """Stored values as a RowsxColumns array, bits above BitsStored masked off."""
+    """Stored values as a Rows x Columns array, bits above BitsStored masked off."""
     _check_single_grey_frame(ds)
     syntax = _transfer_syntax(ds)
     pixels = _raw_pixels(ds) if syntax in FAST_SYNTAXES else _decoded_pixels(ds, syntax)
@@ -197,10 +198,9 @@ def _check_single_grey_frame(ds: Dataset) -> None:
         raise DicomError("no PixelData element")
     if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
         raise DicomError("missing Rows, Columns or BitsAllocated")
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or _photometric(ds) not in (
-        "MONOCHROME1",
-        "MONOCHROME2",
-    ):
+    if _photometric(ds) is None:
+        raise DicomError("missing PhotometricInterpretation")
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or _photometric(ds) not in GREYSCALE:
         raise DicomError("colour image (not a greyscale mammogram)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
@@ -219,10 +219,11 @@ def _raw_pixels(ds: Dataset) -> np.ndarray:
     rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
     expected = rows * columns * bits // 8
     if declared is not None and len(data) < declared:
-        raise DicomError("truncated: pixel data shorter than RowsxColumnsxBitsAllocated/8")
+        raise DicomError("truncated: pixel data shorter than Rows*Columns*BitsAllocated/8")
     if len(data) < expected:
         raise DicomError(
-            f"shape mismatch: PixelData holds {len(data)} bytes, RowsxColumns needs {expected}"
+            f"shape mismatch: PixelData holds {len(data)} bytes, Rows*Columns*BitsAllocated/8 "
+            f"is {expected}"
         )
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")

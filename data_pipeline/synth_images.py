@@ -61,18 +61,29 @@ def draw_mass(rng: np.random.Generator, image: np.ndarray, side: str, malignant:
     radius = rng.uniform(0.05, 0.08) * min(h, w) * 2
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [_polygon(rng, centre, radius, malignant)], 255)
-    signal = mask.astype(np.float32) / 255.0
+    window, (x0, y0) = _window(centre, 2.4 * radius, (h, w))
+    signal = mask[window].astype(np.float32) / 255.0
+    local = (centre[0] - x0, centre[1] - y0)
     if malignant:
         for angle in rng.uniform(0, 2 * np.pi, rng.integers(7, 12)):
             tip = (
-                int(centre[0] + 1.9 * radius * np.cos(angle)),
-                int(centre[1] + 1.9 * radius * np.sin(angle)),
+                int(local[0] + 1.9 * radius * np.cos(angle)),
+                int(local[1] + 1.9 * radius * np.sin(angle)),
             )
-            cv2.line(signal, centre, tip, 0.8, max(1, int(radius / 10)))
+            cv2.line(signal, local, tip, 0.8, max(1, int(radius / 10)))
     signal = cv2.GaussianBlur(signal, (0, 0), max(radius / (12 if malignant else 4), 0.8))
     contrast = 16000 if malignant else 9000
-    _add(image, signal * contrast)
+    _add(image[window], signal * contrast)
     return Lesion(mask=mask, box=_box(mask))
+
+
+def _window(
+    centre: tuple[int, int] | np.ndarray, half: float, shape: tuple[int, int]
+) -> tuple[tuple[slice, slice], tuple[int, int]]:
+    """The region around ``centre`` a lesion's signal can reach, and its top-left corner."""
+    x0, y0 = max(int(centre[0] - half), 0), max(int(centre[1] - half), 0)
+    x1, y1 = min(int(centre[0] + half) + 1, shape[1]), min(int(centre[1] + half) + 1, shape[0])
+    return (slice(y0, y1), slice(x0, x1)), (x0, y0)
 
 
 def draw_calcifications(
@@ -84,13 +95,14 @@ def draw_calcifications(
     spread = rng.uniform(0.05, 0.07) * min(h, w) * 2
     unit = max(min(h, w) / 250.0, 1.0)
     count = rng.integers(18, 30) if malignant else rng.integers(3, 6)
-    specks = np.zeros((h, w), np.float32)
+    window, (x0, y0) = _window(centre, 1.3 * spread + 6 * unit, (h, w))
+    specks = np.zeros(image[window].shape, np.float32)
     for _ in range(count):
         offset = rng.normal(0, spread / (3.0 if malignant else 2.0), 2)
         x, y = (centre + np.clip(offset, -spread, spread)).astype(int)
         r = unit * (rng.uniform(0.6, 1.4) if malignant else rng.uniform(2.5, 3.5))
-        cv2.circle(specks, (int(x), int(y)), max(round(r), 1), 1.0, -1)
-    _add(image, cv2.GaussianBlur(specks, (0, 0), 0.6) * 25000)
+        cv2.circle(specks, (int(x) - x0, int(y) - y0), max(round(r), 1), 1.0, -1)
+    _add(image[window], cv2.GaussianBlur(specks, (0, 0), 0.6) * 25000)
     mask = np.zeros((h, w), np.uint8)
     cv2.circle(mask, (int(centre[0]), int(centre[1])), int(spread * 1.15), 255, -1)
     return Lesion(mask=mask, box=_box(mask))

@@ -129,5 +129,25 @@ def prepare(
         raise typer.Exit(1)
 
 
+@app.command()
+def ui(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow UI on the tracking store (bound to 127.0.0.1)."""
+    import os
+    import subprocess
+
+    from orchestration.ui import ui_command
+
+    settings = ctx.obj
+    if not settings.tracking_uri.startswith("sqlite:"):
+        typer.echo(f"the tracking store is a server: open {settings.tracking_uri}")
+        return
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {settings.tracking_uri}; Ctrl-C stops)")
+    cmd = ui_command(settings, port)
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_HOST": "127.0.0.1"}))
+
+
 if __name__ == "__main__":
     app()

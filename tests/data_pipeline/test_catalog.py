@@ -74,7 +74,9 @@ def test_val_split_is_seeded_and_stratified(real_csv_dir: Path, real_catalog) ->
 
 def test_crlf_variant_parses_like_lf() -> None:
     lf, bad_lf = read_case_csv(REAL_CSV_DIR / "calc_case_description_train_set.csv", "lf")
-    crlf, bad_crlf = read_case_csv(REAL_CSV_DIR / "variants" / "calc_case_description_train_set.CRLF.csv", "crlf")
+    crlf, bad_crlf = read_case_csv(
+        REAL_CSV_DIR / "variants" / "calc_case_description_train_set.CRLF.csv", "crlf"
+    )
     assert not bad_lf and not bad_crlf
     assert len(lf) == len(crlf) == 1546
     strip = [(r.key, r.pathology, r.crop_path, r.roi_path, r.breast_density) for r in lf]

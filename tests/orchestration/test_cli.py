@@ -15,7 +15,7 @@ from orchestration.cli import app
 from orchestration.settings import Settings
 
 runner = CliRunner()
-VERBS = ("catalog", "synth")
+VERBS = ("catalog", "synth", "prepare", "ui")
 
 
 def test_help_lists_every_verb() -> None:

@@ -1,0 +1,158 @@
+"""What ``prepare`` will write: the resolved config, the work items per task, shards, fingerprint.
+
+Items are plain dicts (Ray passes plain data). Shards are ours, not Ray's: each is a fixed, sorted
+chunk of catalog rows, so a re-run names and fills every shard identically and a finished shard can
+be skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.catalog import Abnormality, Catalog, FullImage
+
+TASKS = ("classification", "segmentation", "detection")
+SPLITS = ("train", "val", "test")
+LABEL_MAPS = {
+    "binary": {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0, "MALIGNANT": 1},
+    "3class": {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 1, "MALIGNANT": 2},
+}
+METADATA = ("patient_id", "lesion_type", "side", "view", "breast_density", "assessment",
+            "subtlety", "morphology", "distribution", "pathology")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything that decides the bytes ``prepare`` writes (``workers`` does not)."""
+
+    tasks: tuple[str, ...] = TASKS
+    cls_size: int = 224
+    seg_size: int = 512
+    det_size: int = 1024
+    lesion_type: str = "all"
+    cls_input: str = "crop"
+    label_map: str = "binary"
+    margin: float = 0.15
+    clahe_clip: float = 2.0
+    shard_size: int = 64
+    val_fraction: float = 0.15
+    seed: int = 0
+    max_quarantine: float = 0.05
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            if task not in TASKS:
+                raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+        checks = {
+            "lesion_type": (self.lesion_type, ("mass", "calc", "all")),
+            "cls_input": (self.cls_input, ("crop", "whole")),
+            "label_map": (self.label_map, tuple(LABEL_MAPS)),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.shard_size < 1:
+            raise ValueError("shard_size must be at least 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrepareConfig:
+        """Build from a plain dict (e.g. a manifest's ``config``)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["tasks"] = tuple(values.get("tasks", TASKS))
+        return cls(**values)
+
+
+def _metadata(record: Abnormality | FullImage) -> dict[str, Any]:
+    return {k: getattr(record, k, None) for k in METADATA}
+
+
+def abnormality_item(abn: Abnormality, task: str, labels: dict[str, int]) -> dict[str, Any]:
+    """One classification-crop or segmentation item."""
+    return {
+        "task": task,
+        "key": abn.key,
+        "split": abn.split,
+        "label": labels[abn.pathology],
+        "image_file": abn.image_file,
+        "image_csv_path": abn.image_csv_path,
+        "mask_files": [abn.mask_file],
+        "mask_csv_paths": [abn.roi_csv_path],
+        **_metadata(abn),
+    }
+
+
+def image_item(
+    image: FullImage, task: str, labels: dict[str, int], abnormalities: dict[str, Abnormality]
+) -> dict[str, Any]:
+    """One whole-image classification or detection item."""
+    lesions = [abnormalities[k] for k in image.abnormality_keys]
+    return {
+        "task": task,
+        "key": image.image_key,
+        "split": image.split,
+        "label": labels[image.pathology],
+        "image_file": image.image_file,
+        "image_csv_path": image.image_csv_path,
+        "mask_files": [a.mask_file for a in lesions],
+        "mask_csv_paths": [a.roi_csv_path for a in lesions],
+        "lesion_labels": [labels[a.pathology] for a in lesions],
+        "lesion_keys": [a.key for a in lesions],
+        **_metadata(image),
+        "breast_density": lesions[0].breast_density,
+    }
+
+
+def plan_items(catalog: Catalog, cfg: PrepareConfig, task: str) -> list[dict[str, Any]]:
+    """The sorted work items of one task (rows of the train, val and test splits)."""
+    labels = LABEL_MAPS[cfg.label_map]
+    keep = {"mass": {"mass"}, "calc": {"calc"}, "all": {"mass", "calc"}}[cfg.lesion_type]
+    abns = [a for a in catalog.abnormalities if a.split in SPLITS and a.lesion_type in keep]
+    if task == "segmentation" or (task == "classification" and cfg.cls_input == "crop"):
+        items = [abnormality_item(a, task, labels) for a in abns]
+    else:
+        by_key = {a.key: a for a in abns}
+        images = [i for i in catalog.images if i.split in SPLITS and i.lesion_type in keep]
+        items = [image_item(i, task, labels, by_key) for i in images]
+    return sorted(items, key=lambda item: (item["split"], item["key"]))
+
+
+def shard_specs(items: list[dict[str, Any]], task: str, shard_size: int) -> list[dict[str, Any]]:
+    """Fixed chunks of sorted items, one per output file ``<task>/<split>/NNNNN.parquet``."""
+    specs = []
+    for split in SPLITS:
+        rows = [item for item in items if item["split"] == split]
+        for number, start in enumerate(range(0, len(rows), shard_size)):
+            specs.append(
+                {
+                    "task": task,
+                    "split": split,
+                    "name": f"{task}/{split}/{number:05d}",
+                    "items": rows[start : start + shard_size],
+                }
+            )
+    return specs
+
+
+def fingerprint(catalog: Catalog, cfg: PrepareConfig) -> str:
+    """A hash of the output-shaping config and of every input file's name, size and mtime.
+
+    ``tasks`` and ``max_quarantine`` are left out: preparing another task later, or judging the
+    same outputs by another threshold, reuses the shards already written.
+    """
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("tasks", "max_quarantine")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(catalog.csv_files):
+        path = Path(name) if Path(name).is_absolute() else catalog.root / name
+        digest.update(name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    files = set()
+    for abn in catalog.abnormalities:
+        files.update(f for f in (abn.image_file, abn.mask_file) if f)
+    for name in sorted(files):
+        stat = (catalog.root / name).stat()
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]

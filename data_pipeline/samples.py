@@ -1,0 +1,118 @@
+"""Turn one planned item into one output row, or into one quarantine record. No Ray here.
+
+Every failure of one item, whatever it is, becomes a ``Quarantined`` record naming the file (relative
+to DATA) and a specific reason. Reasons never carry values read from DICOM headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_pipeline import transforms
+from data_pipeline.dicom import DicomError, align_mask, read_image
+from data_pipeline.prepare_plan import PrepareConfig
+
+
+@dataclass(frozen=True)
+class Quarantined(Exception):
+    """An item that could not be converted: where and why."""
+
+    source_path: str
+    reason: str
+
+
+def _load(root: Path, rel: str | None, csv_path: str) -> np.ndarray:
+    if rel is None:
+        raise Quarantined(csv_path, "file not found (no file on disk for this CSV path)")
+    try:
+        return read_image(root / rel)
+    except DicomError as exc:
+        raise Quarantined(rel, exc.reason) from None
+
+
+def _load_mask(root: Path, rel: str | None, csv_path: str, shape: tuple[int, ...]) -> np.ndarray:
+    mask = _load(root, rel, csv_path)
+    if mask.dtype != np.uint8 and mask.max() > 255:
+        raise Quarantined(rel or csv_path, "ROI file is a 16-bit image, not an 8-bit mask")
+    try:
+        mask = align_mask(mask, shape)
+    except DicomError as exc:
+        raise Quarantined(rel or csv_path, exc.reason) from None
+    if not mask.any():
+        raise Quarantined(rel or csv_path, "empty ROI mask (no lesion pixels)")
+    return mask
+
+
+def _base(item: dict[str, Any]) -> dict[str, Any]:
+    keep = ("key", "split", "label", "patient_id", "lesion_type", "side", "view",
+            "breast_density", "assessment", "subtlety", "morphology", "distribution", "pathology")  # fmt: skip
+    return {k: item.get(k) for k in keep}
+
+
+def _classification(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
+    image = _load(root, item["image_file"], item["image_csv_path"])
+    if cfg.cls_input == "whole":
+        out = transforms.whole_image(image, cfg.cls_size, clip_limit=cfg.clahe_clip)
+    else:
+        mask = _load_mask(root, item["mask_files"][0], item["mask_csv_paths"][0], image.shape)
+        out = transforms.lesion_crop(
+            image, mask, cfg.cls_size, margin=cfg.margin, clip_limit=cfg.clahe_clip
+        )
+    return {**_base(item), "image": transforms.encode_png(out), "height": out.shape[0],
+            "width": out.shape[1]}  # fmt: skip
+
+
+def _segmentation(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
+    image = _load(root, item["image_file"], item["image_csv_path"])
+    mask = _load_mask(root, item["mask_files"][0], item["mask_csv_paths"][0], image.shape)
+    crop, crop_mask = transforms.tumour_crop(
+        image, mask, cfg.seg_size, margin=cfg.margin, clip_limit=cfg.clahe_clip
+    )
+    return {**_base(item), "image": transforms.encode_png(crop),
+            "mask": transforms.encode_png((crop_mask > 0).astype(np.uint8) * 255),
+            "height": crop.shape[0], "width": crop.shape[1]}  # fmt: skip
+
+
+def _detection(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
+    image = _load(root, item["image_file"], item["image_csv_path"])
+    masks = [
+        _load_mask(root, rel, csv_path, image.shape)
+        for rel, csv_path in zip(item["mask_files"], item["mask_csv_paths"], strict=True)
+    ]
+    out, boxes = transforms.detection_image(image, masks, cfg.det_size, clip_limit=cfg.clahe_clip)
+    return {**_base(item), "image": transforms.encode_png(out), "height": out.shape[0],
+            "width": out.shape[1], "boxes": np.asarray(boxes, np.float32).tolist(),
+            "box_labels": list(item["lesion_labels"]), "lesion_keys": list(item["lesion_keys"])}  # fmt: skip
+
+
+CONVERTERS = {
+    "classification": _classification,
+    "segmentation": _segmentation,
+    "detection": _detection,
+}
+
+
+def convert_item(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
+    """Convert one item; raise ``Quarantined`` for any per-file failure.
+
+    Unexpected errors are quarantined too, by exception type only: their messages could echo
+    header values, which must not leave the DICOM files.
+    """
+    try:
+        return CONVERTERS[item["task"]](item, root, cfg)
+    except Quarantined:
+        raise
+    except ValueError as exc:  # raised by our transforms with a fixed message (e.g. empty mask)
+        raise Quarantined(_source(item), f"cannot convert: {exc}") from None
+    except Exception as exc:
+        raise Quarantined(
+            _source(item), f"unexpected {type(exc).__name__} while converting"
+        ) from None
+
+
+def _source(item: dict[str, Any]) -> str:
+    return item["image_file"] or item["image_csv_path"]
