@@ -20,6 +20,7 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/mammobench synth runs/demo-data --patients 24 --seed 0
 	$(BIN)/mammobench catalog runs/demo-data
+	$(BIN)/mammobench prepare runs/demo-data --out runs/demo-prep --cls-size 64 --seg-size 64 --det-size 256
 
 test: venv
 	$(BIN)/ruff check .
