@@ -130,6 +130,63 @@ def prepare(
 
 
 @app.command()
+def train(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Architecture (see `mammobench models`).")],
+    data: Annotated[Path, typer.Option(help="Prepared data folder (PREP).")],
+    task: Annotated[
+        str, typer.Option(help="classification|segmentation|detection")
+    ] = "classification",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained/--scratch", help="ImageNet weights or random init.")
+    ] = False,
+    unfreeze: Annotated[
+        str, typer.Option(help="With --pretrained: last N stages, or all.")
+    ] = "all",
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP when > 1).")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(min=0)] = 0.0,
+    balance: Annotated[str, typer.Option(help="oversample|weighted|none")] = "oversample",
+    schedule: Annotated[str, typer.Option(help="cosine|plateau|none")] = "cosine",
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    in_chans: Annotated[int, typer.Option(help="3: repeat grayscale; 1: adapt conv1.")] = 3,
+    encoder: Annotated[str | None, typer.Option(help="Segmenter encoder.")] = None,
+    weights_dir: Annotated[
+        str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
+    ] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
+    max_failures: Annotated[int, typer.Option(help="Worker failures to retry.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+) -> None:
+    """Train one architecture with Ray Train, then evaluate its best checkpoint on test."""
+    from orchestration.ray_cluster import init_ray
+    from orchestration.report_text import train_text
+    from orchestration.train_config import TrainConfig
+    from orchestration.train_driver import run_training
+
+    cfg = TrainConfig(
+        model=model, data=str(data.resolve()), task=task, epochs=epochs, lr=lr,
+        batch_size=batch_size, pretrained=pretrained, unfreeze=unfreeze, workers=workers,
+        gpus_per_worker=gpus_per_worker, balance=balance, schedule=schedule, patience=patience,
+        in_chans=in_chans, encoder=encoder, weights_dir=weights_dir, augment=augment,
+        max_failures=max_failures, seed=seed,
+    )  # fmt: skip
+    cfg.with_manifest().model_spec()  # bad names and missing data fail before Ray starts
+    if pretrained:
+        from orchestration.train_driver import check_weights
+
+        check_weights(cfg.with_manifest())
+    init_ray(ctx.obj.address)
+    result = run_training(cfg, ctx.obj.storage)
+    typer.echo(train_text(result))
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+
+
+@app.command()
 def ui(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,

@@ -44,3 +44,21 @@ def prepare_text(manifest: dict[str, Any], out: Any, tasks: tuple[str, ...]) -> 
         )
     lines.append(f"  manifest {out}/manifest.json, quarantine {out}/quarantine.csv")
     return "\n".join(lines), worst
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list) and value and isinstance(value[0], float):
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    return str(value)
+
+
+def train_text(result: dict[str, Any]) -> str:
+    """Best validation and test metrics of one training job."""
+    lines = [f"run {result['run']}: {result['epochs']} epochs, best epoch {result['best_epoch']}"]
+    for split in ("val", "test"):
+        items = [f"{k} {_fmt(v)}" for k, v in result[split].items() if not isinstance(v, dict)]
+        lines.append(f"  {split:<4} " + ", ".join(items))
+    lines.append(f"  checkpoint {result['checkpoint']}")
+    return "\n".join(lines)

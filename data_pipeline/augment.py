@@ -1,0 +1,77 @@
+"""On-the-fly augmentation with albumentations: the study's list, the same geometry for masks and boxes.
+
+The study augmented with rotation, horizontal/vertical flips, zoom, brightness/contrast and Gaussian
+noise. Validation and test data are never augmented. Plain functions on numpy batches: Ray Data maps
+them over the training stream, so every epoch sees new draws.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import numpy as np
+
+from data_pipeline.transforms import decode_png
+
+
+def study_augmentation(task: str, p: float = 0.5) -> A.Compose:
+    """The study's augmentations; for detection the boxes follow the geometry."""
+    transforms = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(rotate=(-20, 20), scale=(0.9, 1.15), border_mode=0, p=p),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=p),
+        A.GaussNoise(std_range=(0.01, 0.04), p=p / 2),
+    ]
+    boxes = None
+    if task == "detection":
+        boxes = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3)
+    return A.Compose(transforms, bbox_params=boxes, seed=None)
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], task: str, augment: A.Compose | None = None
+) -> dict[str, Any]:
+    """PNG bytes -> float32 images (N, 1, H, W) in [0, 1], with labels, masks or boxes.
+
+    Args:
+        batch: A numpy batch of prepared rows (``image``, ``label``, and ``mask`` or ``boxes``).
+        task: classification, segmentation or detection.
+        augment: Applied per image when given (training only).
+    """
+    images, masks, boxes, labels = [], [], [], []
+    for i, data in enumerate(batch["image"]):
+        sample: dict[str, Any] = {"image": decode_png(data)}
+        if task == "segmentation":
+            sample["mask"] = (decode_png(batch["mask"][i]) > 0).astype(np.uint8)
+        if task == "detection":
+            sample["bboxes"] = _boxes(batch["boxes"][i], sample["image"].shape)
+            sample["labels"] = np.asarray(batch["box_labels"][i], np.int64)
+        if augment is not None:
+            sample = augment(**sample)
+        images.append(sample["image"])
+        masks.append(sample.get("mask"))
+        boxes.append(np.asarray(sample.get("bboxes", ()), np.float32).reshape(-1, 4))
+        labels.append(np.asarray(sample.get("labels", ()), np.int64))
+    return _stack(batch, task, images, masks, boxes, labels)
+
+
+def _boxes(raw: Any, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray([np.asarray(b, np.float32) for b in raw], np.float32).reshape(-1, 4)
+    arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, shape[1])
+    arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, shape[0])
+    return arr
+
+
+def _stack(batch, task, images, masks, boxes, labels) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "image": np.stack(images)[:, None].astype(np.float32) / 255.0,
+        "label": np.asarray(batch["label"], np.int64),
+        "row": np.arange(len(images)),
+    }
+    if task == "segmentation":
+        out["mask"] = np.stack(masks)[:, None].astype(np.float32)
+    if task == "detection":
+        out["boxes"], out["box_labels"] = boxes, labels
+    return out

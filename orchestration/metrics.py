@@ -1,0 +1,193 @@
+"""Clinical metrics on whole splits: classification, segmentation and detection.
+
+Computed once on all predictions of a split (gathered across workers), never averaged per batch.
+Confidence intervals are patient-level bootstraps: a patient has several lesions and views, so
+resampling rows would understate the uncertainty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
+
+FROC_RATES = (0.5, 1.0, 2.0, 4.0)
+
+
+def malignant_scores(probs: np.ndarray) -> np.ndarray:
+    """Probability of the malignant class, the last column of either label map."""
+    return probs[:, -1]
+
+
+def safe_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of a binary truth (malignant vs the rest); NaN when only one class is present."""
+    positive = np.asarray(positive).astype(bool)
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive, scores))
+
+
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, malignant: int | None = None
+) -> dict[str, object]:
+    """Accuracy, AUC, sensitivity, specificity, F1, balanced accuracy and confusion matrix.
+
+    Args:
+        labels: Integer labels (N,).
+        probs: Class probabilities (N, C); the last class is malignant.
+        malignant: Index of the malignant class (default: the last).
+    """
+    malignant = probs.shape[1] - 1 if malignant is None else malignant
+    preds = probs.argmax(axis=1)
+    truth, called = labels == malignant, preds == malignant
+    tp, fn = int((truth & called).sum()), int((truth & ~called).sum())
+    tn, fp = int((~truth & ~called).sum()), int((~truth & called).sum())
+    classes = list(range(probs.shape[1]))
+    return {
+        "accuracy": float((preds == labels).mean()) if labels.size else float("nan"),
+        "auc": safe_auc(truth, probs[:, malignant]),
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+        "f1": float(f1_score(truth, called, zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, preds)) if labels.size else 0.0,
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+    }
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    groups: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[float]:
+    """Percentile CI of ``statistic(row_indices)`` resampling whole groups (patients).
+
+    Args:
+        statistic: Maps an array of row indices (with repeats) to a number; NaNs are skipped.
+        groups: Group (patient) of every row.
+        n_boot: Bootstrap replicates.
+        seed: Seed of the resampling.
+        alpha: 0.05 gives a 95% interval.
+    """
+    groups = np.asarray(groups)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == g) for g in range(unique.size)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        picked = rng.integers(0, unique.size, unique.size)
+        value = statistic(np.concatenate([rows_of[g] for g in picked]))
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return [float("nan"), float("nan")]
+    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [float(low), float(high)]
+
+
+def classification_cis(
+    labels: np.ndarray, probs: np.ndarray, patients: Sequence[str], n_boot: int = 1000
+) -> dict[str, list[float]]:
+    """Patient-level bootstrap 95% CIs of AUC and accuracy."""
+    truth = labels == probs.shape[1] - 1
+    scores, correct = malignant_scores(probs), probs.argmax(axis=1) == labels
+    return {
+        "auc_ci": bootstrap_ci(lambda i: safe_auc(truth[i], scores[i]), patients, n_boot),
+        "accuracy_ci": bootstrap_ci(lambda i: float(correct[i].mean()), patients, n_boot),
+    }
+
+
+def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-image Dice, IoU and pixel accuracy of binary masks (N, H, W) -> (N, 3).
+
+    An image whose prediction and truth are both empty scores 1 (perfect agreement).
+    """
+    pred, truth = (
+        pred.astype(bool).reshape(len(pred), -1),
+        truth.astype(bool).reshape(len(truth), -1),
+    )
+    inter = (pred & truth).sum(1).astype(float)
+    union = (pred | truth).sum(1).astype(float)
+    total = pred.sum(1) + truth.sum(1)
+    dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return np.stack([dice, iou, (pred == truth).mean(1)], axis=1)
+
+
+def segmentation_metrics(
+    scores: np.ndarray, patients: Sequence[str] | None = None, n_boot: int = 1000
+) -> dict[str, object]:
+    """Mean Dice, IoU and pixel accuracy; with ``patients``, patient-level 95% CIs too."""
+    out: dict[str, object] = {
+        "dice": float(scores[:, 0].mean()),
+        "iou": float(scores[:, 1].mean()),
+        "pixel_accuracy": float(scores[:, 2].mean()),
+    }
+    if patients is not None:
+        for col, name in enumerate(("dice", "iou", "pixel_accuracy")):
+            stat = lambda i, c=col: float(scores[i, c].mean())  # noqa: E731
+            out[f"{name}_ci"] = bootstrap_ci(stat, patients, n_boot)
+    return out
+
+
+def detection_metrics(
+    preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
+) -> dict[str, object]:
+    """mAP@0.5 (torchmetrics, COCO-style) and FROC sensitivities at 0.5/1/2/4 FP per image."""
+    metric = MeanAveragePrecision(iou_thresholds=[0.5], box_format="xyxy")
+    metric.update(preds, targets)
+    map50 = float(metric.compute()["map_50"])
+    froc = froc_points(preds, targets)
+    return {"map50": map50 if map50 >= 0 else 0.0, "froc": froc}
+
+
+def froc_points(
+    preds: list[dict[str, torch.Tensor]],
+    targets: list[dict[str, torch.Tensor]],
+    rates: Sequence[float] = FROC_RATES,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Lesion sensitivity at given false positives per image (class-agnostic, IoU >= 0.5 hits).
+
+    Detections are ranked by score over all images; each lesion counts once (its best-scoring hit).
+    """
+    hits, n_lesions = [], sum(len(t["boxes"]) for t in targets)
+    for image, (pred, target) in enumerate(zip(preds, targets, strict=True)):
+        taken: set[int] = set()
+        order = torch.argsort(pred["scores"], descending=True)
+        ious = box_iou(pred["boxes"][order], target["boxes"]) if len(target["boxes"]) else None
+        for rank, index in enumerate(order.tolist()):
+            lesion = _match(ious, rank, taken, iou_threshold)
+            hits.append((float(pred["scores"][index]), lesion is not None, image, lesion))
+    hits.sort(key=lambda h: -h[0])
+    tp = np.cumsum([h[1] for h in hits]) if hits else np.zeros(0)
+    fp = np.cumsum([not h[1] for h in hits]) if hits else np.zeros(0)
+    n_images = max(len(targets), 1)
+    result = {}
+    for rate in rates:
+        allowed = np.flatnonzero(fp <= rate * n_images)
+        found = tp[allowed[-1]] if allowed.size else 0
+        result[f"sens@{rate:g}fp"] = float(found / n_lesions) if n_lesions else float("nan")
+    return result
+
+
+def _match(ious: torch.Tensor | None, rank: int, taken: set[int], threshold: float) -> int | None:
+    if ious is None:
+        return None
+    for lesion in torch.argsort(ious[rank], descending=True).tolist():
+        if ious[rank, lesion] < threshold:
+            return None
+        if lesion not in taken:
+            taken.add(lesion)
+            return lesion
+    return None

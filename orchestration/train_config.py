@@ -1,0 +1,120 @@
+"""``TrainConfig``: one training job as plain data (Ray passes dicts; workers rebuild it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from models import ModelSpec
+
+TASK_METRIC = {"classification": "auc", "segmentation": "dice", "detection": "map50"}
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "plateau", "none")
+BALANCING = ("oversample", "weighted", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training job needs; image size and classes come from the manifest."""
+
+    model: str
+    data: str
+    task: str = "classification"
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    pretrained: bool = False
+    unfreeze: int | str = "all"
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    patience: int = 5
+    balance: str = "oversample"
+    augment: bool = True
+    in_chans: int = 3
+    encoder: str | None = None
+    dropout: float = 0.5
+    seed: int = 0
+    weights_dir: str | None = None
+    max_failures: int = 0
+    bootstrap: int = 1000
+    image_size: int = 0
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_METRIC:
+            raise ValueError(f"task must be one of {sorted(TASK_METRIC)}, got {self.task!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("balance", BALANCING)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.workers < 1:
+            raise ValueError("epochs, batch_size and workers must be at least 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict; unknown keys are an error (they are typos)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, the inverse of ``from_dict``."""
+        return asdict(self)
+
+    @property
+    def metric(self) -> str:
+        """The validation metric that selects checkpoints and drives early stopping."""
+        return f"val_{TASK_METRIC[self.task]}"
+
+    def with_manifest(self) -> TrainConfig:
+        """Fill image size and number of classes from ``<data>/manifest.json``."""
+        manifest = read_manifest(self.data, self.task)
+        cfg = manifest["config"]
+        size = {"classification": "cls_size", "segmentation": "seg_size", "detection": "det_size"}
+        classes = 3 if cfg["label_map"] == "3class" else 2
+        return replace(self, image_size=int(cfg[size[self.task]]), num_classes=classes)
+
+    def model_spec(self) -> ModelSpec:
+        """The model this job trains."""
+        return ModelSpec(
+            name=self.model,
+            num_classes=self.num_classes or 2,
+            pretrained=self.pretrained,
+            unfreeze=self.unfreeze if self.pretrained else "all",
+            input_size=self.image_size or 224,
+            in_chans=self.in_chans,
+            dropout=self.dropout,
+            encoder=self.encoder,
+            weights_dir=self.weights_dir,
+        )
+
+    def run_name(self) -> str:
+        """A stable name: re-running the same job resumes it instead of starting over."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return f"train-{self.model}-{self.task}-{digest[:8]}"
+
+
+def read_manifest(data: str | Path, task: str) -> dict[str, Any]:
+    """The prepare manifest, checked to hold ``task``."""
+    path = Path(data) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `mammobench prepare` first")
+    manifest = json.loads(path.read_text())
+    if task not in manifest.get("tasks", {}):
+        raise ValueError(f"{path} holds no {task} data: run `mammobench prepare --task {task}`")
+    return manifest
+
+
+def shard_paths(data: str | Path, task: str, split: str) -> list[str]:
+    """Absolute paths of one split's Parquet shards, from the manifest."""
+    shards = read_manifest(data, task)["tasks"][task]["shards"][split]
+    return [str(Path(data).resolve() / name) for name in shards]

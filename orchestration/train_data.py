@@ -1,0 +1,106 @@
+"""Ray Data ingestion of the prepared shards: decode, augment (train only), balance classes.
+
+Training reads only what ``prepare`` wrote. The training stream is re-executed every epoch, so the
+augmentation draws differ each epoch; the minority class is oversampled by listing its rows again
+*before* augmentation, never by copying augmented images, and only in the training split.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_pipeline.augment import decode_batch, study_augmentation
+from orchestration.train_config import TrainConfig, shard_paths
+
+KEEP = ("image", "label", "patient_id", "mask", "boxes", "box_labels")
+
+
+def _decode(batch: dict[str, np.ndarray], task: str, augment: bool) -> dict[str, Any]:
+    out = decode_batch(batch, task, study_augmentation(task) if augment else None)
+    out["patient_id"] = np.asarray(batch["patient_id"], dtype=object)
+    out.pop("row")
+    if task == "detection":  # ragged rows travel flat; collate reshapes them
+        out["boxes"] = _objects([b.reshape(-1) for b in out["boxes"]])
+        out["box_labels"] = _objects(out["box_labels"])
+    return out
+
+
+def _objects(items: list[Any]) -> np.ndarray:
+    """A 1-D object array of (ragged) arrays."""
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = list(items)
+    return arr
+
+
+def _columns(task: str) -> list[str]:
+    extra = {"segmentation": ["mask"], "detection": ["boxes", "box_labels"]}.get(task, [])
+    return ["image", "label", "patient_id", *extra]
+
+
+def label_counts(cfg: TrainConfig, split: str = "train") -> Counter:
+    """Rows per label in a split, read from the shards' label column only."""
+    counts: Counter = Counter()
+    for path in shard_paths(cfg.data, cfg.task, split):
+        counts.update(pq.read_table(path, columns=["label"]).column("label").to_pylist())
+    return counts
+
+
+def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
+    """``{"train": ..., "val": ...}`` Ray datasets for ``TorchTrainer(datasets=...)``."""
+    import ray.data
+
+    datasets = {}
+    for split in ("train", "val"):
+        paths = shard_paths(cfg.data, cfg.task, split)
+        if not paths:
+            raise ValueError(f"{cfg.data}: the {split} split of {cfg.task} is empty")
+        ds = ray.data.read_parquet(paths, columns=_columns(cfg.task))
+        if split == "train" and cfg.task == "classification" and cfg.balance == "oversample":
+            ds = _oversample(ds, paths, cfg)
+        augment = split == "train" and cfg.augment
+        fn = partial(_decode, task=cfg.task, augment=augment)
+        datasets[split] = ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)
+    return datasets
+
+
+def _oversample(ds, paths: list[str], cfg: TrainConfig):
+    """Add extra listings of minority-class rows until classes are about balanced."""
+    import pyarrow.compute as pc
+    import ray.data
+
+    counts = label_counts(cfg)
+    largest = max(counts.values())
+    for label, count in sorted(counts.items()):
+        copies = round(largest / count) - 1 if count else 0
+        for _ in range(copies):
+            extra = ray.data.read_parquet(
+                paths, columns=_columns(cfg.task), filter=pc.field("label") == label
+            )
+            ds = ds.union(extra)
+    return ds
+
+
+def class_weights(cfg: TrainConfig) -> list[float] | None:
+    """Inverse-frequency loss weights, when balancing by weighting."""
+    if cfg.task != "classification" or cfg.balance != "weighted":
+        return None
+    counts = label_counts(cfg)
+    total = sum(counts.values())
+    n = cfg.num_classes or len(counts)
+    return [total / (n * counts[k]) if counts.get(k) else 0.0 for k in range(n)]
+
+
+def iter_split(cfg: TrainConfig, split: str, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Stream one split's decoded batches without Ray (test evaluation, one process)."""
+    for path in shard_paths(cfg.data, cfg.task, split):
+        parquet = pq.ParquetFile(path)
+        for record_batch in parquet.iter_batches(batch_size=batch_size, columns=_columns(cfg.task)):
+            batch = {name: record_batch.column(name).to_numpy(zero_copy_only=False)
+                     for name in record_batch.schema.names}  # fmt: skip
+            yield _decode(batch, cfg.task, augment=False)

@@ -1,0 +1,109 @@
+"""Build and run one Ray Train job (Train V2), then evaluate its best model once on the test split.
+
+``trainer_for`` builds the ``TorchTrainer``; ``run_training`` is what ``mammobench train`` runs;
+``evaluate_checkpoint`` scores a checkpoint's best model on a split in one Ray task. Test data is
+never seen during training, model selection or early stopping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import WeightsNotFoundError, build_model, weights_available
+from orchestration.train_config import TrainConfig
+from orchestration.train_data import build_datasets, class_weights, iter_split
+from orchestration.train_tasks import collate, concat_outputs, make_task
+from orchestration.train_worker import BEST_FILE, STATE_FILE, train_fn_per_worker
+
+
+def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | None = None):
+    """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = cfg.gpus_per_worker > 0
+    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=cfg.to_dict() | {"_class_weights": class_weights(cfg)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets=build_datasets(cfg),
+    )
+
+
+def check_weights(cfg: TrainConfig) -> None:
+    """Fail at once when pretrained weights cannot be had (never train random "pretrained")."""
+    if not cfg.pretrained:
+        return
+    ok, reason = weights_available(cfg.model_spec())
+    if not ok:
+        raise WeightsNotFoundError(reason)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The loop state stored beside a checkpoint's best model (epochs, best scores)."""
+    return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
+
+
+def evaluate_local(cfg: TrainConfig, checkpoint_dir: str, split: str = "test") -> dict[str, Any]:
+    """Score the checkpoint's best model on ``split`` here, streaming its shards."""
+    spec = cfg.model_spec()
+    model = build_model(type(spec).from_dict(spec.to_dict() | {"pretrained": False}))
+    state = torch.load(Path(checkpoint_dir) / BEST_FILE, weights_only=True, map_location="cpu")
+    model.load_state_dict(state)
+    model.eval()
+    task = make_task(cfg.task, cfg.in_chans)
+    parts = [task.predict(model, collate(b)) for b in iter_split(cfg, split, cfg.batch_size)]
+    if not parts:
+        return {"n": 0}
+    outputs = concat_outputs(parts)
+    return {"n": len(outputs["patient_id"]), **task.metrics(outputs, n_boot=cfg.bootstrap)}
+
+
+def _evaluate_task(cfg: TrainConfig, checkpoint, split: str) -> dict[str, Any]:
+    with checkpoint.as_directory() as folder:
+        return evaluate_local(cfg, folder, split)
+
+
+def evaluate_checkpoint(cfg: TrainConfig, checkpoint, split: str = "test") -> dict[str, Any]:
+    """Score a ``ray.train.Checkpoint`` in one Ray task (on a GPU when the job used GPUs)."""
+    import ray
+
+    gpus = 1 if cfg.gpus_per_worker > 0 else 0
+    return ray.get(
+        ray.remote(num_cpus=1, num_gpus=gpus)(_evaluate_task).remote(cfg, checkpoint, split)
+    )
+
+
+def run_training(cfg: TrainConfig, storage: str) -> dict[str, Any]:
+    """Train (resuming a job of the same config if one was interrupted) and test the best model."""
+    cfg = cfg.with_manifest()
+    check_weights(cfg)
+    name = cfg.run_name()
+    result = trainer_for(cfg, storage, name).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = read_checkpoint(folder)
+    test = evaluate_checkpoint(cfg, result.checkpoint)
+    return {
+        "run": name,
+        "path": result.path,
+        "checkpoint": result.checkpoint.path,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"] + 1,
+        "val": {k.removeprefix("val_"): v for k, v in state["best_scores"].items()},
+        "test": test,
+    }

@@ -1,0 +1,142 @@
+"""What differs between the three tasks: inputs, loss, predictions and metrics.
+
+A batch is the dict ``collate`` makes from decoded Ray Data rows. ``predict`` returns per-row numpy
+outputs small enough to gather across workers (class probabilities, per-image segmentation scores,
+detections), so metrics are computed once on the whole split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+
+from orchestration.metrics import (
+    classification_cis,
+    classification_metrics,
+    detection_metrics,
+    segmentation_metrics,
+    segmentation_scores,
+)
+
+
+def collate(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Numpy batch of decoded rows -> tensors on ``device`` (ragged detection targets as lists)."""
+    out: dict[str, Any] = {
+        "image": torch.as_tensor(np.ascontiguousarray(batch["image"]), device=device),
+        "label": torch.as_tensor(np.array(batch["label"], np.int64), device=device),
+        "patient_id": [str(p) for p in batch["patient_id"]],
+    }
+    if "mask" in batch:
+        out["mask"] = torch.as_tensor(np.ascontiguousarray(batch["mask"]), device=device)
+    if "boxes" in batch:
+        out["targets"] = [
+            {"boxes": torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4), device=device),
+             "labels": torch.as_tensor(np.asarray(lab, np.int64) + 1, device=device)}
+            for b, lab in zip(batch["boxes"], batch["box_labels"], strict=True)
+        ]  # fmt: skip
+    return out
+
+
+def model_input(batch: dict[str, Any], in_chans: int) -> torch.Tensor:
+    """Grayscale (B, 1, H, W) repeated to three channels unless the model takes one."""
+    image = batch["image"]
+    return image.expand(-1, 3, -1, -1) if in_chans == 3 else image
+
+
+class Classification:
+    """Cross-entropy on class logits; metrics on malignant probability."""
+
+    def __init__(self, in_chans: int, class_weights: torch.Tensor | None = None) -> None:
+        self.in_chans, self.class_weights = in_chans, class_weights
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        logits = model(model_input(batch, self.in_chans))
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, batch["label"], weight=weights)
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        probs = torch.softmax(model(model_input(batch, self.in_chans)).float(), dim=1)
+        return {"probs": probs.cpu().numpy(), "label": batch["label"].cpu().numpy(),
+                "patient_id": batch["patient_id"]}  # fmt: skip
+
+    def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
+        result = classification_metrics(out["label"], out["probs"])
+        if n_boot:
+            result |= classification_cis(out["label"], out["probs"], out["patient_id"], n_boot)
+        return result
+
+
+class Segmentation:
+    """Dice + BCE on mask logits; per-image Dice, IoU and pixel accuracy."""
+
+    def __init__(self, in_chans: int) -> None:
+        self.in_chans = in_chans
+        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        logits = model(model_input(batch, self.in_chans))
+        return self.dice(logits, batch["mask"]) + F.binary_cross_entropy_with_logits(
+            logits, batch["mask"]
+        )
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        pred = model(model_input(batch, self.in_chans)) > 0
+        scores = segmentation_scores(pred[:, 0].cpu().numpy(), batch["mask"][:, 0].cpu().numpy())
+        return {"scores": scores, "patient_id": batch["patient_id"]}
+
+    def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
+        return segmentation_metrics(out["scores"], out["patient_id"] if n_boot else None, n_boot)
+
+
+class Detection:
+    """The detector's own losses in train mode; mAP@0.5 and FROC on its detections."""
+
+    def __init__(self, in_chans: int) -> None:
+        self.in_chans = in_chans
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        images = list(model_input(batch, self.in_chans))
+        return sum(model(images, batch["targets"]).values())
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        detections = model(list(model_input(batch, self.in_chans)))
+        to_np = lambda d: {k: v.cpu().numpy() for k, v in d.items()}  # noqa: E731
+        return {"preds": [to_np(d) for d in detections],
+                "targets": [to_np(t) for t in batch["targets"]],
+                "patient_id": batch["patient_id"]}  # fmt: skip
+
+    def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
+        as_t = lambda d: {k: torch.as_tensor(v) for k, v in d.items()}  # noqa: E731
+        result = detection_metrics(
+            [as_t(p) for p in out["preds"]], [as_t(t) for t in out["targets"]]
+        )
+        froc = result.pop("froc")
+        return result | {f"froc_{k}": v for k, v in froc.items()} | {"froc": froc}
+
+
+def make_task(task: str, in_chans: int, class_weights: torch.Tensor | None = None):
+    """The adapter of ``task``."""
+    if task == "classification":
+        return Classification(in_chans, class_weights)
+    return Segmentation(in_chans) if task == "segmentation" else Detection(in_chans)
+
+
+def concat_outputs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Join per-batch (or per-worker) outputs: arrays concatenated, lists extended."""
+    if not parts:
+        return {}
+    joined: dict[str, Any] = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        if isinstance(values[0], np.ndarray):
+            joined[key] = np.concatenate(values)
+        else:
+            joined[key] = [item for v in values for item in v]
+    return joined
