@@ -30,10 +30,18 @@ def study_augmentation(task: str, p: float = 0.5) -> A.Compose:
     return A.Compose(transforms, bbox_params=boxes, seed=None)
 
 
+def oversample(batch: dict[str, np.ndarray], copies: dict[int, int]) -> dict[str, np.ndarray]:
+    """List rows again by label (``{label: extra copies}``), before any augmentation."""
+    index = [
+        i for i, label in enumerate(batch["label"]) for _ in range(1 + copies.get(int(label), 0))
+    ]
+    return {name: values[index] for name, values in batch.items()}
+
+
 def decode_batch(
     batch: dict[str, np.ndarray], task: str, augment: A.Compose | None = None
 ) -> dict[str, Any]:
-    """PNG bytes -> float32 images (N, 1, H, W) in [0, 1], with labels, masks or boxes.
+    """PNG bytes -> uint8 images (N, 1, H, W), with labels and masks (N, 1, H, W) or boxes.
 
     Args:
         batch: A numpy batch of prepared rows (``image``, ``label``, and ``mask`` or ``boxes``).
@@ -66,12 +74,12 @@ def _boxes(raw: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 def _stack(batch, task, images, masks, boxes, labels) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "image": np.stack(images)[:, None].astype(np.float32) / 255.0,
+        "image": np.stack(images)[:, None],
         "label": np.asarray(batch["label"], np.int64),
         "row": np.arange(len(images)),
     }
     if task == "segmentation":
-        out["mask"] = np.stack(masks)[:, None].astype(np.float32)
+        out["mask"] = np.stack(masks)[:, None].astype(np.uint8)
     if task == "detection":
         out["boxes"], out["box_labels"] = boxes, labels
     return out

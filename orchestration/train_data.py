@@ -15,13 +15,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from data_pipeline.augment import decode_batch, study_augmentation
+from data_pipeline.augment import decode_batch, oversample, study_augmentation
 from orchestration.train_config import TrainConfig, shard_paths
 
 KEEP = ("image", "label", "patient_id", "mask", "boxes", "box_labels")
 
 
-def _decode(batch: dict[str, np.ndarray], task: str, augment: bool) -> dict[str, Any]:
+def _decode(
+    batch: dict[str, np.ndarray], task: str, augment: bool, copies: dict[int, int] | None = None
+) -> dict[str, Any]:
+    if copies:
+        batch = oversample(batch, copies)
     out = decode_batch(batch, task, study_augmentation(task) if augment else None)
     out["patient_id"] = np.asarray(batch["patient_id"], dtype=object)
     out.pop("row")
@@ -52,7 +56,11 @@ def label_counts(cfg: TrainConfig, split: str = "train") -> Counter:
 
 
 def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
-    """``{"train": ..., "val": ...}`` Ray datasets for ``TorchTrainer(datasets=...)``."""
+    """``{"train": ..., "val": ...}`` Ray datasets for ``TorchTrainer(datasets=...)``.
+
+    Training rows stream from the shards and are decoded and augmented anew every epoch. The
+    validation split is decoded once and kept in the object store (it is small and never changes).
+    """
     import ray.data
 
     datasets = {}
@@ -60,30 +68,22 @@ def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
         paths = shard_paths(cfg.data, cfg.task, split)
         if not paths:
             raise ValueError(f"{cfg.data}: the {split} split of {cfg.task} is empty")
+        train = split == "train"
+        fn = partial(_decode, task=cfg.task, augment=train and cfg.augment,
+                     copies=oversampling(cfg) if train else None)  # fmt: skip
         ds = ray.data.read_parquet(paths, columns=_columns(cfg.task))
-        if split == "train" and cfg.task == "classification" and cfg.balance == "oversample":
-            ds = _oversample(ds, paths, cfg)
-        augment = split == "train" and cfg.augment
-        fn = partial(_decode, task=cfg.task, augment=augment)
-        datasets[split] = ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)
+        ds = ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)
+        datasets[split] = ds if train else ds.materialize()
     return datasets
 
 
-def _oversample(ds, paths: list[str], cfg: TrainConfig):
-    """Add extra listings of minority-class rows until classes are about balanced."""
-    import pyarrow.compute as pc
-    import ray.data
-
+def oversampling(cfg: TrainConfig) -> dict[int, int]:
+    """Extra listings per label that about balance the training classes (``balance=oversample``)."""
+    if cfg.task != "classification" or cfg.balance != "oversample":
+        return {}
     counts = label_counts(cfg)
-    largest = max(counts.values())
-    for label, count in sorted(counts.items()):
-        copies = round(largest / count) - 1 if count else 0
-        for _ in range(copies):
-            extra = ray.data.read_parquet(
-                paths, columns=_columns(cfg.task), filter=pc.field("label") == label
-            )
-            ds = ds.union(extra)
-    return ds
+    largest = max(counts.values(), default=0)
+    return {label: round(largest / count) - 1 for label, count in counts.items() if count}
 
 
 def class_weights(cfg: TrainConfig) -> list[float] | None:

@@ -26,12 +26,12 @@ from orchestration.metrics import (
 def collate(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, Any]:
     """Numpy batch of decoded rows -> tensors on ``device`` (ragged detection targets as lists)."""
     out: dict[str, Any] = {
-        "image": torch.as_tensor(np.ascontiguousarray(batch["image"]), device=device),
+        "image": torch.as_tensor(np.ascontiguousarray(batch["image"]), device=device).float() / 255,
         "label": torch.as_tensor(np.array(batch["label"], np.int64), device=device),
         "patient_id": [str(p) for p in batch["patient_id"]],
     }
     if "mask" in batch:
-        out["mask"] = torch.as_tensor(np.ascontiguousarray(batch["mask"]), device=device)
+        out["mask"] = torch.as_tensor(np.ascontiguousarray(batch["mask"]), device=device).float()
     if "boxes" in batch:
         out["targets"] = [
             {"boxes": torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4), device=device),

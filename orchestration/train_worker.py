@@ -12,6 +12,7 @@ import copy
 import math
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=2)
     return None
+
+
+def _checksums(model: torch.nn.Module) -> list[float]:
+    """Every rank's parameter sum: DDP keeps replicas identical, so all entries must match."""
+    total = sum(float(p.detach().double().sum()) for p in _unwrap(model).parameters())
+    if not dist.is_available() or not dist.is_initialized():
+        return [total]
+    sums: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(sums, total)
+    return sums
 
 
 def _gather(outputs: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +118,8 @@ def _save(loop: dict[str, Any], best_state: dict[str, Any]) -> ray.train.Checkpo
 
 def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Resume from the latest reported checkpoint, if there is one."""
-    loop = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "best_scores": {}}
+    loop = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "best_scores": {},
+            "starts": [0]}  # fmt: skip
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return loop, None
@@ -120,49 +132,80 @@ def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], dict[
         if obj is not None and state.get(key) is not None:
             obj.load_state_dict(state[key])
     _set_rng_state(state["rng"])
-    return {k: state[k] for k in loop}, best
+    restored = {k: state[k] for k in loop}
+    restored["starts"] = [*state["starts"], state["epoch"]]  # where each attempt began
+    return restored, best
+
+
+@dataclass
+class _Job:
+    """What one worker trains with, built once per (re)start."""
+
+    cfg: TrainConfig
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    task: Any
+    n_trainable: int
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, class_weights: list[float] | None) -> _Job:
+        device = ray.train.torch.get_device()
+        model = build_model(cfg.model_spec())
+        n_trainable = trainable_params(model)
+        model = ray.train.torch.prepare_model(model) if cfg.workers > 1 else model.to(device)
+        optimizer = _optimizer(cfg, model)
+        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+        weights = torch.tensor(class_weights) if class_weights else None
+        task = make_task(cfg.task, cfg.in_chans, weights)
+        return cls(
+            cfg, device, model, optimizer, _scheduler(cfg, optimizer), scaler, task, n_trainable
+        )
+
+
+def _epoch(job: _Job, loop: dict[str, Any], best_state: Any, epoch: int) -> tuple[dict, Any]:
+    """Train one epoch, validate, update the best model; return the metrics to report."""
+    cfg = job.cfg
+    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    batches = train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                 local_shuffle_buffer_size=4 * cfg.batch_size)  # fmt: skip
+    train_loss = _train_epoch(job.task, job.model, job.optimizer, batches, job.device, job.scaler)
+    val_batches = val.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+    outputs = evaluate(job.task, job.model, val_batches, job.device)
+    scores = {f"val_{k}": v for k, v in job.task.metrics(outputs).items() if _scalar(v)}
+    score = scores.get(cfg.metric, float("nan"))
+    score = -math.inf if math.isnan(score) else score
+    if score > loop["best"] or best_state is None:
+        loop.update(best=score, best_epoch=epoch, stale=0, best_scores=scores)
+        best_state = copy.deepcopy(_unwrap(job.model).state_dict())
+    else:
+        loop["stale"] += 1
+    _step(job.scheduler, score)
+    loop["epoch"] = epoch + 1
+    sums = _checksums(job.model)
+    metrics = {"epoch": epoch + 1, "train_loss": train_loss, **scores,
+               "best_epoch": loop["best_epoch"] + 1, f"best_{cfg.metric}": loop["best"],
+               "lr": job.optimizer.param_groups[0]["lr"], "trainable_params": job.n_trainable,
+               "start_epoch": loop["starts"][-1], "param_checksums": sums,
+               "ranks_in_sync": len(set(sums)) == 1,
+               "done": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs}  # fmt: skip
+    return metrics, best_state
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train loop (Train V2): one call per worker."""
     config = dict(config)
-    weights = config.pop("_class_weights", None)
+    class_weights = config.pop("_class_weights", None)
     cfg = TrainConfig.from_dict(config)
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
-    model = build_model(cfg.model_spec())
-    n_trainable = trainable_params(model)
-    model = ray.train.torch.prepare_model(model) if cfg.workers > 1 else model.to(device)
-    optimizer = _optimizer(cfg, model)
-    scheduler = _scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    task = make_task(cfg.task, cfg.in_chans, torch.tensor(weights) if weights else None)
-    loop, best_state = _restore(model, optimizer, scheduler, scaler)
-    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    job = _Job.build(cfg, class_weights)
+    loop, best_state = _restore(job.model, job.optimizer, job.scheduler, job.scaler)
     for epoch in range(loop["epoch"], cfg.epochs):
-        batches = train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                     local_shuffle_buffer_size=4 * cfg.batch_size)  # fmt: skip
-        train_loss = _train_epoch(task, model, optimizer, batches, device, scaler)
-        outputs = evaluate(
-            task, model, val.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"), device
-        )
-        scores = {f"val_{k}": v for k, v in task.metrics(outputs).items() if _scalar(v)}
-        score = scores.get(cfg.metric, float("nan"))
-        score = -math.inf if math.isnan(score) else score
-        if score > loop["best"] or best_state is None:
-            loop.update(best=score, best_epoch=epoch, stale=0, best_scores=scores)
-            best_state = copy.deepcopy(_unwrap(model).state_dict())
-        else:
-            loop["stale"] += 1
-        _step(scheduler, score)
-        loop["epoch"] = epoch + 1
-        stop = loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **scores,
-                   "best_epoch": loop["best_epoch"] + 1, "best_" + cfg.metric: loop["best"],
-                   "lr": optimizer.param_groups[0]["lr"], "trainable_params": n_trainable,
-                   "done": stop}  # fmt: skip
-        _report(metrics, loop, model, optimizer, scheduler, scaler, best_state)
-        if stop:
+        metrics, best_state = _epoch(job, loop, best_state, epoch)
+        _report(metrics, loop, job, best_state)
+        if metrics["done"]:
             break
 
 
@@ -177,12 +220,13 @@ def _step(scheduler, score: float) -> None:
         scheduler.step()
 
 
-def _report(metrics, loop, model, optimizer, scheduler, scaler, best_state) -> None:
+def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best_state: Any) -> None:
     """Report once per epoch; only rank 0 writes the checkpoint."""
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    state = {**loop, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-             "scaler": scaler.state_dict() if scaler is not None else None}  # fmt: skip
+    optional = {"scheduler": job.scheduler, "scaler": job.scaler}
+    state = {**loop, "model": _unwrap(job.model).state_dict(),
+             "optimizer": job.optimizer.state_dict(),
+             **{k: v.state_dict() if v is not None else None for k, v in optional.items()}}  # fmt: skip
     ray.train.report(metrics, checkpoint=_save(state, best_state))

@@ -1,0 +1,106 @@
+"""Lesion segmenters from segmentation-models-pytorch: one output channel, logits out.
+
+Pretrained means an ImageNet encoder; the weights file `<name>_<encoder>.pth` holds the smp
+encoder's state dict (`smp.encoders.get_encoder(encoder, weights="imagenet").state_dict()`).
+With `in_chans=1` the pretrained first convolution is adapted by smp's `set_in_channels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import segmentation_models_pytorch as smp
+from timm.models import group_parameters
+from torch import nn
+from torchvision.models import ResNet
+
+from models.freezing import StageGroups
+from models.spec import ModelSpec
+from models.weights import (
+    WeightsSource,
+    find_local_weights,
+    hf_weights_source,
+    load_weights_file,
+    not_found_error,
+)
+
+# smp's ResNet encoders subclass torchvision's ResNet, so parameter names are torchvision's.
+_RESNET_STAGES = {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)\."}
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """How a registry entry maps onto smp.
+
+    Attributes:
+        arch: smp architecture name for `smp.create_model`.
+        default_encoder: Encoder used when `ModelSpec.encoder` is None.
+        stride: `input_size` must be a multiple of it (the encoder's output stride).
+    """
+
+    arch: str
+    default_encoder: str
+    stride: int
+
+
+def build_segmenter(spec: ModelSpec, config: SegmenterConfig) -> nn.Module:
+    """Builds the segmenter for `spec`, loading a pretrained encoder if asked."""
+    encoder = spec.encoder or config.default_encoder
+    if spec.input_size % config.stride:
+        raise ValueError(
+            f"{spec.name} needs input_size divisible by {config.stride}, got {spec.input_size}"
+        )
+    if not spec.pretrained:
+        return _create(config, encoder, weights=None, in_chans=spec.in_chans)
+    source = segmenter_weights_source(spec, config)
+    local = find_local_weights(spec, source)
+    if local is None:
+        try:
+            return _create(config, encoder, weights="imagenet", in_chans=spec.in_chans)
+        except OSError as err:
+            raise not_found_error(spec, source, err) from err
+    model = _create(config, encoder, weights=None, in_chans=3)
+    model.encoder.load_state_dict(load_weights_file(local))
+    model.encoder.set_in_channels(spec.in_chans, pretrained=True)
+    return model
+
+
+def segmenter_groups(model: nn.Module) -> StageGroups:
+    """Encoder stage groups: stem, layer1..layer4 for ResNet-family encoders.
+
+    Other encoders form a single group, so only `unfreeze=0` (frozen encoder) and `"all"`
+    are distinct.
+    """
+    encoder = model.encoder
+    if isinstance(encoder, ResNet):
+        groups = group_parameters(encoder, _RESNET_STAGES)
+        return [[f"encoder.{name}" for name in groups[key]] for key in sorted(groups)]
+    return [[f"encoder.{name}" for name, _ in encoder.named_parameters()]]
+
+
+def segmenter_weights_source(spec: ModelSpec, config: SegmenterConfig) -> WeightsSource:
+    """smp's ImageNet encoder weights, as file `<name>_<encoder>.pth`."""
+    encoder = spec.encoder or config.default_encoder
+    settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
+    imagenet = settings.get("imagenet", {})
+    export = (
+        "import segmentation_models_pytorch as smp, torch; torch.save(smp.encoders."
+        f"get_encoder('{encoder}', weights='imagenet').state_dict(), '{{path}}')"
+    )
+    return hf_weights_source(
+        stem=f"{spec.name}_{encoder}",
+        hub=f"smp encoder '{encoder}' (Hugging Face hub)",
+        repo_id=imagenet.get("repo_id", f"smp-hub/{encoder}.imagenet"),
+        revision=imagenet.get("revision"),
+        export_code=export,
+    )
+
+
+def _create(config: SegmenterConfig, encoder: str, weights: str | None, in_chans: int):
+    return smp.create_model(
+        config.arch,
+        encoder_name=encoder,
+        encoder_weights=weights,
+        in_channels=in_chans,
+        classes=1,
+    )

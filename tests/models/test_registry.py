@@ -1,0 +1,93 @@
+"""Registry: names, errors, listings and the package's import boundary."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+import models
+from models import UnknownModelError, available_models, build_model, model_info, models_table
+from models.freezing import trainable_params
+
+EXPECTED = {
+    "classification": [
+        "vgg16",
+        "resnet50",
+        "densenet121",
+        "mobilenetv2",
+        "vit_b16",
+        "efficientnet_b0",
+        "convnext_tiny",
+    ],
+    "segmentation": ["unet", "deeplabv3plus"],
+    "detection": ["fasterrcnn", "fasterrcnn_mobilenet"],
+}
+STUDY_UNFREEZE = {"vgg16": 6, "resnet50": 3, "densenet121": 15, "mobilenetv2": 13, "vit_b16": 0}
+
+
+def test_available_models_by_task() -> None:
+    assert available_models() == [name for names in EXPECTED.values() for name in names]
+    for task, names in EXPECTED.items():
+        assert available_models(task) == names
+    with pytest.raises(ValueError, match="classification"):
+        available_models("regression")
+
+
+def test_unknown_name_lists_the_choices() -> None:
+    with pytest.raises(UnknownModelError, match="Did you mean resnet50") as err:
+        build_model(models.ModelSpec("resnet5"))
+    for name in available_models():
+        assert name in str(err.value)
+    with pytest.raises(UnknownModelError, match="vgg16"):
+        model_info("alexnet")
+
+
+def test_models_table_rows_are_json() -> None:
+    rows = json.loads(json.dumps(models_table()))
+    assert [row["name"] for row in rows] == available_models()
+    keys = {"name", "task", "library", "input_size", "params", "unfreeze_choices"}
+    for row in rows:
+        assert set(row) == keys
+        assert row["params"] > 1_000_000
+        assert row["unfreeze_choices"][0] == 0 and row["unfreeze_choices"][-1] == "all"
+    libraries = {row["name"]: row["library"] for row in rows}
+    assert libraries["vgg16"] == "timm" and libraries["unet"] == "smp"
+    assert libraries["fasterrcnn"] == "torchvision"
+
+
+def test_models_table_params_match_a_real_build() -> None:
+    row = next(r for r in models_table(input_size=64) if r["name"] == "mobilenetv2")
+    assert row["input_size"] == 64
+    assert row["params"] == trainable_params(build_model(models.ModelSpec("mobilenetv2")))
+
+
+def test_model_info_documents_the_study_setting() -> None:
+    for name in available_models():
+        info = model_info(name)
+        assert info["study_unfreeze"] == STUDY_UNFREEZE.get(name)
+        assert info["study_unfreeze"] in [*info["unfreeze_choices"], None]
+    info = model_info("densenet121")
+    assert info["task"] == "classification" and info["input_size"] == 224
+    assert len(info["unfreeze_choices"]) == 61  # stem + 58 dense layers + norm5, and "all"
+    assert model_info("unet")["weights_file"] == "unet_resnet50.pth"
+
+
+def test_build_model_accepts_a_plain_dict() -> None:
+    model = build_model({"name": "mobilenetv2", "num_classes": 3, "input_size": 32})
+    assert model.head[-1].out_features == 3
+
+
+def test_package_never_imports_tracking_or_ray_training() -> None:
+    forbidden = ("mlflow", "ray.tune", "ray.train")
+    package = Path(models.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"
