@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user's mistake (bad name, missing file or weights) into one line and exit code 2."""
+    from models import WeightsNotFoundError
+
+    try:
+        yield
+    except (FileNotFoundError, ValueError, WeightsNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -165,7 +179,7 @@ def train(
     from orchestration.ray_cluster import init_ray
     from orchestration.report_text import train_text
     from orchestration.train_config import TrainConfig
-    from orchestration.train_driver import run_training
+    from orchestration.train_driver import check_job, run_training
 
     cfg = TrainConfig(
         model=model, data=str(data.resolve()), task=task, epochs=epochs, lr=lr,
@@ -174,16 +188,29 @@ def train(
         in_chans=in_chans, encoder=encoder, weights_dir=weights_dir, augment=augment,
         max_failures=max_failures, seed=seed,
     )  # fmt: skip
-    cfg.with_manifest().model_spec()  # bad names and missing data fail before Ray starts
-    if pretrained:
-        from orchestration.train_driver import check_weights
-
-        check_weights(cfg.with_manifest())
+    with user_errors():  # bad names, missing data or weights fail before Ray starts
+        check_job(cfg.with_manifest())
     init_ray(ctx.obj.address)
     result = run_training(cfg, ctx.obj.storage)
     typer.echo(train_text(result))
     if as_json:
         typer.echo(json.dumps(result, default=str))
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    input_size: Annotated[
+        int | None,
+        typer.Option(help="Count parameters at this input side [default: each model's]."),
+    ] = None,
+) -> None:
+    """List the architecture registry: task, library, parameters, unfreeze choices."""
+    from models import models_table
+    from orchestration.report_text import models_text
+
+    rows = models_table(input_size)
+    typer.echo(json.dumps(rows) if as_json else models_text(rows))
 
 
 @app.command()

@@ -62,3 +62,19 @@ def train_text(result: dict[str, Any]) -> str:
         lines.append(f"  {split:<4} " + ", ".join(items))
     lines.append(f"  checkpoint {result['checkpoint']}")
     return "\n".join(lines)
+
+
+def _choices(choices: list[Any]) -> str:
+    numbers = [c for c in choices if isinstance(c, int)]
+    return f"0..{max(numbers)}, all" if numbers else ", ".join(map(str, choices))
+
+
+def models_text(rows: list[dict[str, Any]]) -> str:
+    """The model registry as an aligned table."""
+    lines = [f"{'name':22} {'task':15} {'library':12} {'size':>5} {'params':>12}  unfreeze"]
+    for r in rows:
+        lines.append(
+            f"{r['name']:22} {r['task']:15} {r['library']:12} {r['input_size']:>5} "
+            f"{r['params']:>12,}  {_choices(r['unfreeze_choices'])}"
+        )
+    return "\n".join(lines)

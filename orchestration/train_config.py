@@ -6,9 +6,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from models import ModelSpec
+if TYPE_CHECKING:  # models imports torch and timm: Ray Data workers decoding shards need neither
+    from models import ModelSpec
 
 TASK_METRIC = {"classification": "auc", "segmentation": "dice", "detection": "map50"}
 OPTIMIZERS = ("adam", "adamw")
@@ -85,6 +86,8 @@ class TrainConfig:
 
     def model_spec(self) -> ModelSpec:
         """The model this job trains."""
+        from models import ModelSpec
+
         return ModelSpec(
             name=self.model,
             num_classes=self.num_classes or 2,

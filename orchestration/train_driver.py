@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models import WeightsNotFoundError, build_model, weights_available
+from models import WeightsNotFoundError, build_model, model_info, weights_available
 from orchestration.train_config import TrainConfig
 from orchestration.train_data import build_datasets, class_weights, iter_split
 from orchestration.train_tasks import collate, concat_outputs, make_task
@@ -43,8 +43,12 @@ def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | Non
     )
 
 
-def check_weights(cfg: TrainConfig) -> None:
-    """Fail at once when pretrained weights cannot be had (never train random "pretrained")."""
+def check_job(cfg: TrainConfig) -> None:
+    """Fail at once on an unknown model, a model of another task, or pretrained weights that
+    cannot be had (never train random weights labelled "pretrained")."""
+    info = model_info(cfg.model)
+    if info["task"] != cfg.task:
+        raise ValueError(f"{cfg.model} is a {info['task']} model, not a {cfg.task} one")
     if not cfg.pretrained:
         return
     ok, reason = weights_available(cfg.model_spec())
@@ -90,7 +94,7 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint, split: str = "test") -> di
 def run_training(cfg: TrainConfig, storage: str) -> dict[str, Any]:
     """Train (resuming a job of the same config if one was interrupted) and test the best model."""
     cfg = cfg.with_manifest()
-    check_weights(cfg)
+    check_job(cfg)
     name = cfg.run_name()
     result = trainer_for(cfg, storage, name).fit()
     if result.checkpoint is None:
@@ -104,6 +108,10 @@ def run_training(cfg: TrainConfig, storage: str) -> dict[str, Any]:
         "checkpoint": result.checkpoint.path,
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"] + 1,
+        "starts": state["starts"],
+        "trainable_params": result.metrics.get("trainable_params"),
+        "ranks_in_sync": result.metrics.get("ranks_in_sync"),
+        "param_checksums": result.metrics.get("param_checksums"),
         "val": {k.removeprefix("val_"): v for k, v in state["best_scores"].items()},
         "test": test,
     }

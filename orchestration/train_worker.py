@@ -109,8 +109,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _save(loop: dict[str, Any], best_state: dict[str, Any]) -> ray.train.Checkpoint:
-    folder = Path(tempfile.mkdtemp(prefix="mammobench-ckpt-"))
+def _save(folder: Path, loop: dict[str, Any], best_state: dict[str, Any]) -> ray.train.Checkpoint:
     torch.save({**loop, "rng": _rng_state()}, folder / STATE_FILE)
     torch.save(best_state, folder / BEST_FILE)
     return ray.train.Checkpoint.from_directory(str(folder))
@@ -229,4 +228,5 @@ def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best_state
     state = {**loop, "model": _unwrap(job.model).state_dict(),
              "optimizer": job.optimizer.state_dict(),
              **{k: v.state_dict() if v is not None else None for k, v in optional.items()}}  # fmt: skip
-    ray.train.report(metrics, checkpoint=_save(state, best_state))
+    with tempfile.TemporaryDirectory(prefix="mammobench-ckpt-") as folder:
+        ray.train.report(metrics, checkpoint=_save(Path(folder), state, best_state))

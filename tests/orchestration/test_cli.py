@@ -15,7 +15,7 @@ from orchestration.cli import app
 from orchestration.settings import Settings
 
 runner = CliRunner()
-VERBS = ("catalog", "synth", "prepare", "ui")
+VERBS = ("catalog", "synth", "prepare", "train", "models", "ui")
 
 
 def test_help_lists_every_verb() -> None:
@@ -85,3 +85,19 @@ def test_global_options_before_the_verb(tmp_path: Path) -> None:
     args = [exe, "--tracking-uri", "sqlite:///t.db", "--storage", str(tmp_path), "synth", "--help"]
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_models_json_lists_the_registry() -> None:
+    from models import available_models
+
+    result = runner.invoke(app, ["models", "--json", "--input-size", "32"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["name"] for r in rows] == list(available_models())
+    for row in rows:
+        assert set(row) >= {"name", "task", "library", "input_size", "params", "unfreeze_choices"}
+        assert row["params"] > 0 and row["unfreeze_choices"][-1] == "all"
+    tasks = {r["name"]: r["task"] for r in rows}
+    assert tasks["unet"] == "segmentation" and tasks["fasterrcnn"] == "detection"
+    text = runner.invoke(app, ["models"])
+    assert "vit_b16" in text.output and "deeplabv3plus" in text.output

@@ -1,0 +1,127 @@
+"""``mammobench train`` on a real local Ray cluster, on prepared synthetic CBIS-DDSM data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from orchestration.train_config import TrainConfig
+from orchestration.train_driver import run_training
+
+runner = CliRunner()
+
+
+def _train_json(args: list[str], home: Path) -> dict:
+    result = runner.invoke(app, ["--storage", str(home / "ray"), "train", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return last_json(result.stdout)
+
+
+def last_json(text: str) -> dict:
+    """The JSON object ``--json`` prints last (Ray's own log lines may interleave)."""
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON line in:\n{text[-2000:]}"
+    return json.loads(lines[-1])
+
+
+def _within(ci: list[float], value: float) -> bool:
+    return ci[0] <= value <= ci[1]
+
+
+def test_small_classifier_beats_chance_on_held_out_patients(
+    prepared_small: Path, tmp_path: Path
+) -> None:
+    args = ["mobilenetv2", "--data", str(prepared_small), "--epochs", "20", "--batch-size", "16"]
+    result = _train_json([*args, "--lr", "3e-3", "--patience", "30"], tmp_path)
+    test = result["test"]
+    assert test["auc"] > 0.65 and test["auc_ci"][0] > 0.5, test  # chance is 0.5
+    assert _within(test["auc_ci"], test["auc"]) and _within(test["accuracy_ci"], test["accuracy"])
+    for key in ("sensitivity", "specificity", "f1", "balanced_accuracy"):
+        assert 0.0 <= test[key] <= 1.0
+    assert sum(map(sum, test["confusion_matrix"])) == test["n"]
+    assert "auc" in result["val"] and result["best_epoch"] <= result["epochs"]
+
+
+def test_segmentation_trains_and_reports_dice(prepared_small: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="unet", data=str(prepared_small), task="segmentation", epochs=2,
+                      batch_size=8, encoder="resnet18", bootstrap=100)  # fmt: skip
+    result = run_training(cfg, str(tmp_path))
+    test = result["test"]
+    for key in ("dice", "iou", "pixel_accuracy"):
+        assert 0.0 <= test[key] <= 1.0, test
+    assert _within(test["dice_ci"], test["dice"]) and test["iou"] <= test["dice"] + 1e-9
+    assert result["epochs"] == 2 and "dice" in result["val"]
+
+
+def test_detection_trains_and_reports_map_and_froc(prepared_small: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="fasterrcnn_mobilenet", data=str(prepared_small), task="detection",
+                      epochs=1, batch_size=4)  # fmt: skip
+    test = run_training(cfg, str(tmp_path))["test"]
+    assert 0.0 <= test["map50"] <= 1.0
+    keys = [f"sens@{rate}fp" for rate in ("0.5", "1", "2", "4")]
+    assert set(test["froc"]) == set(keys)
+    sens = [test["froc"][k] for k in keys]
+    assert sens == sorted(sens)  # sensitivity never drops as more false positives are allowed
+
+
+def test_two_workers_run_ddp_and_end_with_identical_weights(
+    prepared_small: Path, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(model="mobilenetv2", data=str(prepared_small), epochs=2, batch_size=8,
+                      workers=2, bootstrap=100)  # fmt: skip
+    result = run_training(cfg, str(tmp_path))
+    assert len(result["param_checksums"]) == 2
+    assert result["ranks_in_sync"] is True
+    assert result["epochs"] == 2 and 0.0 <= result["test"]["auc"] <= 1.0
+
+
+def test_killed_job_resumes_from_its_checkpoint(
+    prepared_small: Path, tmp_path: Path, ray_local: str
+) -> None:
+    env = {**os.environ, "RAY_ADDRESS": ray_local, "MAMMOBENCH_HOME": str(tmp_path)}
+    cmd = [str(Path(sys.executable).parent / "mammobench"), "train", "mobilenetv2",
+           "--data", str(prepared_small), "--epochs", "6", "--batch-size", "16",
+           "--patience", "10", "--json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not _checkpointed(tmp_path):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _checkpointed(tmp_path), "no checkpoint was written before the deadline"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = last_json(done.stdout)
+    first, resumed = result["starts"]
+    assert first == 0 and 1 <= resumed < 6  # continued from its epoch, not from 0
+    assert result["epochs"] == 6
+
+
+def _checkpointed(home: Path) -> bool:
+    return any((home / "ray_results").glob("train-*/checkpoint_manager_snapshot.json"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["mobilenetv2", "--pretrained"], "mobilenetv2"),
+        (["no_such_net"], "vgg16"),
+        (["unet"], "segmentation model"),
+    ],
+)
+def test_bad_jobs_fail_at_once_with_a_clear_error(
+    prepared_small: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    env = {"MAMMOBENCH_WEIGHTS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    result = runner.invoke(app, ["train", *args, "--data", str(prepared_small)], env=env)
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in result.output
