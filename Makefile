@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Until `mammobench benchmark --demo` lands: synth -> catalog -> prepare -> a tracked sweep.
 demo: venv
-	$(BIN)/mammobench synth runs/demo-data --patients 24 --seed 0
+	$(BIN)/mammobench synth runs/demo-data --patients 40 --seed 0
 	$(BIN)/mammobench catalog runs/demo-data
-	$(BIN)/mammobench prepare runs/demo-data --out runs/demo-prep --cls-size 64 --seg-size 64 --det-size 256
+	$(BIN)/mammobench prepare runs/demo-data --out runs/demo-prep --cls-size 32 --seg-size 32 --det-size 64
+	$(BIN)/mammobench tune mobilenetv2 --data runs/demo-prep --samples 2 --max-epochs 12
 
 test: venv
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import time
 from dataclasses import replace
@@ -57,6 +58,26 @@ def per_core(items: list[dict], root: Path, cfg: PrepareConfig) -> tuple[float, 
     return ours, len(items) / (time.perf_counter() - start)
 
 
+def _convert_all(args: tuple[list[dict], Path, PrepareConfig]) -> None:
+    cv2.setNumThreads(1)
+    for item in args[0]:
+        convert_item(item, args[1], args[2])
+
+
+def plain_processes(items: list[dict], root: Path, cfg: PrepareConfig) -> float:
+    """Scaling of two plain processes doing the same per-image work: the machine's ceiling."""
+    items = items * 8  # long enough that start-up and noise do not count
+    start = time.perf_counter()
+    _convert_all((items, root, cfg))
+    one = time.perf_counter() - start
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_convert_all, [([], root, cfg)] * 2)  # start-up outside the timing
+        start = time.perf_counter()
+        pool.map(_convert_all, [(items, root, cfg)] * 2)
+        two = time.perf_counter() - start
+    return 2 * one / two
+
+
 def repeated(catalog: Catalog, times: int) -> Catalog:
     """The same files listed ``times`` over under new keys: a bigger workload, same inputs."""
     abns = [replace(a, key=f"{a.key}-r{i}") for i in range(times) for a in catalog.abnormalities]
@@ -75,6 +96,7 @@ def pipeline(catalog: Catalog, cfg: PrepareConfig, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=6)
+    parser.add_argument("--images", type=int, default=1280, help="Pipeline workload.")
     parser.add_argument("--size", type=int, nargs=2, default=(5000, 3000))
     args = parser.parse_args()
     cv2.setNumThreads(1)  # one core per worker, as the per-core target says
@@ -82,22 +104,25 @@ def main() -> None:
         t0 = time.perf_counter()
         data = make_synthetic(Path(tmp), SynthConfig(patients=args.patients, size=tuple(args.size)))
         catalog = build_catalog(data)
-        cfg = PrepareConfig(tasks=("classification",), shard_size=4)
+        cfg = PrepareConfig(tasks=("classification",))  # default shard size (64 images)
         items = plan_items(catalog, cfg, "classification")
         print(f"{len(items)} images of {args.size[0]}x{args.size[1]} written in "
               f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
         ours, reference = per_core(items, data, cfg)
         print(f"per core: ours {ours:.1f} images/s, seed-style {reference:.1f} images/s, "
               f"ratio {ours / reference:.1f}x")  # fmt: skip
+        ceiling = plain_processes(items, data, cfg)
+        print(f"two plain processes on the same work: {ceiling:.2f}x (this machine's ceiling)")
         init_ray(num_cpus=4)
         pipeline(catalog, cfg, 2)  # warm-up: Ray worker processes start once
-        big = repeated(catalog, max(1, 200 // len(items)))
+        big = repeated(catalog, max(1, args.images // len(items)))
         one, two = (pipeline(big, cfg, workers) for workers in (1, 2))
         print(f"Ray Data pipeline: 1 worker {one:.1f} images/s, 2 workers {two:.1f} images/s "
               f"({two / one:.2f}x)")  # fmt: skip
     result = {"images_per_s": round(ours, 2), "reference_images_per_s": round(reference, 2),
               "ratio": round(ours / reference, 2), "pipeline_1_worker_images_per_s": round(one, 2),
-              "pipeline_2_workers_images_per_s": round(two, 2), "scaling": round(two / one, 2)}  # fmt: skip
+              "pipeline_2_workers_images_per_s": round(two, 2), "scaling": round(two / one, 2),
+              "plain_process_scaling": round(ceiling, 2)}  # fmt: skip
     print(json.dumps(result))
 
 

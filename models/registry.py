@@ -266,16 +266,18 @@ def models_table(input_size: int | None = None) -> list[dict[str, Any]]:
 
     Returns:
         Dicts with name, task, library, input_size, params (parameter count of the scratch
-        model) and unfreeze_choices.
+        model), unfreeze_choices, study_unfreeze and weights_file (name in the weights dir).
     """
     rows = []
     for name, entry in REGISTRY.items():
         size = input_size or entry.input_size
         params, choices = _summary(name, size)
+        info = model_info(name)
         row = {"name": name, "task": entry.task, "library": entry.library}
         rows.append(
-            {**row, "input_size": size, "params": params, "unfreeze_choices": list(choices)}
-        )
+            {**row, "input_size": size, "params": params, "unfreeze_choices": list(choices),
+             "study_unfreeze": info["study_unfreeze"], "weights_file": info["weights_file"]}
+        )  # fmt: skip
     return rows
 
 

@@ -21,13 +21,13 @@ app = typer.Typer(
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(*extra: type[Exception]) -> Iterator[None]:
     """Turn a user's mistake (bad name, missing file or weights) into one line and exit code 2."""
     from models import WeightsNotFoundError
 
     try:
         yield
-    except (FileNotFoundError, ValueError, WeightsNotFoundError) as exc:
+    except (FileNotFoundError, ValueError, WeightsNotFoundError, *extra) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -195,6 +195,85 @@ def train(
     typer.echo(train_text(result))
     if as_json:
         typer.echo(json.dumps(result, default=str))
+
+
+@app.command()
+def tune(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None, typer.Argument(help="Architecture (see `mammobench models`).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared data folder (PREP).")] = None,
+    task: Annotated[
+        str, typer.Option(help="classification|segmentation|detection")
+    ] = "classification",
+    space: Annotated[
+        str | None, typer.Option(help="Space name or YAML path [default: the family's].")
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per grid point.")] = 2,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial (ASHA's max_t).")] = 10,
+    scheduler: Annotated[str, typer.Option(help="asha | fifo")] = "asha",
+    search: Annotated[str, typer.Option(help="random | optuna")] = "random",
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
+    gpus_per_trial: Annotated[float, typer.Option(min=0)] = 0.0,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Fixed batch size when the space has none.")
+    ] = None,
+    weights_dir: Annotated[
+        str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
+    ] = None,
+    grace_epochs: Annotated[int, typer.Option(min=1, help="ASHA grace period.")] = 1,
+    max_failures: Annotated[int, typer.Option(min=0, help="Retries of a failed trial.")] = 1,
+    name: Annotated[
+        str | None, typer.Option(help="Sweep name [default: tune-MODEL-TASK-<time>].")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved space and stop.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+) -> None:
+    """Sweep pretrained x unfrozen stages x learning rate with Ray Tune; track it in MLflow."""
+    import yaml
+
+    from orchestration.report_text import tune_text
+    from orchestration.tune import resolve_space
+    from search_spaces import SpaceError, default_space, load_space
+
+    if dry_run:  # needs only --space (or MODEL for its family's space)
+        with user_errors(SpaceError):
+            if model:
+                resolved, skipped = resolve_space(space, task, model, weights_dir)
+                if skipped:
+                    note = f"pretrained half skipped: {skipped}".splitlines()
+                    typer.echo("\n".join(f"# {line}" for line in note))
+            else:
+                resolved = load_space(space or default_space(task, ""))
+            typer.echo(yaml.safe_dump(resolved.to_dict(), sort_keys=False))
+        return
+    if model is None or data is None:
+        typer.echo("error: MODEL and --data are needed (only --dry-run works without)", err=True)
+        raise typer.Exit(2)
+    from orchestration.ray_cluster import init_ray
+    from orchestration.tune import SweepConfig, run_sweep
+
+    train = {"batch_size": batch_size} if batch_size else {}
+    train |= {"weights_dir": weights_dir} if weights_dir else {}
+    with user_errors(SpaceError):
+        sweep = SweepConfig(
+            model=model, data=str(data), task=task, space=space, samples=samples,
+            max_epochs=max_epochs, scheduler=scheduler, search=search, workers=workers,
+            gpus_per_trial=gpus_per_trial, name=name, resume=resume, grace_epochs=grace_epochs,
+            max_failures=max_failures, seed=seed, train=train,
+        )  # fmt: skip
+        from orchestration.train_driver import check_job
+
+        check_job(sweep.base())
+    init_ray(ctx.obj.address)
+    with user_errors(SpaceError):
+        summary = run_sweep(sweep, ctx.obj)
+    typer.echo(tune_text(summary, ctx.obj))
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
 
 
 @app.command()

@@ -14,10 +14,13 @@ from pathlib import Path
 
 LOCAL_CPU_FACTOR = 2
 MIN_LOCAL_CPUS = 4
+NUM_CPUS_ENV = "MAMMOBENCH_NUM_CPUS"
 
 
 def local_cpus() -> int:
-    """Logical CPUs the embedded local cluster declares."""
+    """Logical CPUs the embedded local cluster declares (``$MAMMOBENCH_NUM_CPUS`` overrides)."""
+    if os.environ.get(NUM_CPUS_ENV):
+        return int(os.environ[NUM_CPUS_ENV])
     return max(MIN_LOCAL_CPUS, LOCAL_CPU_FACTOR * (os.cpu_count() or 1))
 
 

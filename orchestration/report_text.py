@@ -78,3 +78,29 @@ def models_text(rows: list[dict[str, Any]]) -> str:
             f"{r['params']:>12,}  {_choices(r['unfreeze_choices'])}"
         )
     return "\n".join(lines)
+
+
+def tune_text(summary: dict[str, Any], settings: Any) -> str:
+    """A sweep's trials, its best trial and where to look next."""
+    lines = [f"sweep {summary['sweep']} (MLflow experiment {summary['experiment']}, "
+             f"parent run {summary['parent_run_id']})"]  # fmt: skip
+    if summary.get("skipped_pretrained"):
+        reason = summary["skipped_pretrained"].replace("\n", "\n    ")
+        lines.append(f"  pretrained trials skipped: {reason}")
+    for t in summary["trials"]:
+        value = next((v for k, v in t.items() if k.startswith("best_val_")), None)
+        stopped = " (stopped early)" if t["stopped_early"] else ""
+        lines.append(f"  {t['trial_id']}: {t['status']}, {t['epochs']} epochs, best "
+                     f"{_fmt(value)}{stopped}  {t['config']}")  # fmt: skip
+    best = summary.get("best")
+    if best:
+        lines.append(f"  best {best['trial_id']}: {best['params']}")
+        items = [
+            f"{k} {_fmt(v)}" for k, v in best.get("test", {}).items() if not isinstance(v, dict)
+        ]
+        lines.append("  test " + ", ".join(items))
+    if summary.get("registered_model"):
+        reg = summary["registered_model"]
+        lines.append(f"  registered model {reg['name']} version {reg['version']}")
+    lines.append(f"  browse: mammobench --tracking-uri {settings.tracking_uri} ui")
+    return "\n".join(lines)

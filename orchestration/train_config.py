@@ -67,6 +67,14 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig keys {unknown}")
         return cls(**data)
 
+    @classmethod
+    def for_trial(cls, base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
+        """A sweep trial's job: ``base`` with the trial's sampled settings (scratch trains all)."""
+        data = base | sampled
+        if not data.get("pretrained"):
+            data["unfreeze"] = "all"
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, the inverse of ``from_dict``."""
         return asdict(self)

@@ -56,6 +56,17 @@ def check_job(cfg: TrainConfig) -> None:
         raise WeightsNotFoundError(reason)
 
 
+def open_checkpoint(path: str, storage: str):
+    """A ``ray.train.Checkpoint`` at ``path`` on the storage's filesystem (local, NFS or bucket)."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    if "://" in storage:
+        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
+        return Checkpoint(path, filesystem=filesystem)
+    return Checkpoint(path)
+
+
 def read_checkpoint(path: str) -> dict[str, Any]:
     """The loop state stored beside a checkpoint's best model (epochs, best scores)."""
     return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")

@@ -64,6 +64,10 @@ class Classification:
         return {"probs": probs.cpu().numpy(), "label": batch["label"].cpu().numpy(),
                 "patient_id": batch["patient_id"]}  # fmt: skip
 
+    def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """Nothing extra: the ROC curve and confusion matrix come from all predictions."""
+        return {}
+
     def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
         result = classification_metrics(out["label"], out["probs"])
         if n_boot:
@@ -90,6 +94,13 @@ class Segmentation:
         scores = segmentation_scores(pred[:, 0].cpu().numpy(), batch["mask"][:, 0].cpu().numpy())
         return {"scores": scores, "patient_id": batch["patient_id"]}
 
+    @torch.no_grad()
+    def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """A few images with their true and predicted masks, for overlays."""
+        pred = model(model_input(batch, self.in_chans)) > 0
+        return {"image": _uint8(batch["image"][:, 0]), "mask": _uint8(batch["mask"][:, 0]),
+                "pred": _uint8(pred[:, 0])}  # fmt: skip
+
     def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
         return segmentation_metrics(out["scores"], out["patient_id"] if n_boot else None, n_boot)
 
@@ -112,6 +123,14 @@ class Detection:
                 "targets": [to_np(t) for t in batch["targets"]],
                 "patient_id": batch["patient_id"]}  # fmt: skip
 
+    def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """A few images with their true boxes and the detector's boxes and scores."""
+        out = self.predict(model, batch)
+        return {"image": _uint8(batch["image"][:, 0]),
+                "boxes": [t["boxes"] for t in out["targets"]],
+                "pred_boxes": [p["boxes"] for p in out["preds"]],
+                "pred_scores": [p["scores"] for p in out["preds"]]}  # fmt: skip
+
     def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
         as_t = lambda d: {k: torch.as_tensor(v) for k, v in d.items()}  # noqa: E731
         result = detection_metrics(
@@ -119,6 +138,11 @@ class Detection:
         )
         froc = result.pop("froc")
         return result | {f"froc_{k}": v for k, v in froc.items()} | {"froc": froc}
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] or boolean masks as uint8 arrays (0..255)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def make_task(task: str, in_chans: int, class_weights: torch.Tensor | None = None):

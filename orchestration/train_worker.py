@@ -26,7 +26,16 @@ from models import build_model, trainable_params
 from orchestration.train_config import TrainConfig
 from orchestration.train_tasks import collate, concat_outputs, make_task
 
-STATE_FILE, BEST_FILE = "state.pt", "best_model.pt"
+STATE_FILE, BEST_FILE, BEST_VAL_FILE = "state.pt", "best_model.pt", "best_val.pt"
+PREVIEW_ROWS = 8
+
+
+@dataclass
+class Best:
+    """The best model so far and what it predicted on validation (for the run's plots)."""
+
+    model: dict[str, Any] | None = None
+    val: dict[str, Any] | None = None
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -109,22 +118,35 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _save(folder: Path, loop: dict[str, Any], best_state: dict[str, Any]) -> ray.train.Checkpoint:
+def _save(folder: Path, loop: dict[str, Any], best: Best) -> ray.train.Checkpoint:
     torch.save({**loop, "rng": _rng_state()}, folder / STATE_FILE)
-    torch.save(best_state, folder / BEST_FILE)
+    torch.save(best.model, folder / BEST_FILE)
+    torch.save(best.val, folder / BEST_VAL_FILE)
     return ray.train.Checkpoint.from_directory(str(folder))
 
 
-def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _tensors(obj: Any) -> Any:
+    """Numpy arrays -> tensors, recursively, so ``torch.load(weights_only=True)`` reads them."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj)) if obj.dtype != object else list(obj)
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_tensors(v) for v in obj]
+    return obj
+
+
+def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], Best]:
     """Resume from the latest reported checkpoint, if there is one."""
     loop = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "best_scores": {},
             "starts": [0]}  # fmt: skip
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return loop, None
+        return loop, Best()
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
-        best = torch.load(Path(folder) / BEST_FILE, weights_only=True)
+        best = Best(*(torch.load(Path(folder) / name, weights_only=True)
+                      for name in (BEST_FILE, BEST_VAL_FILE)))  # fmt: skip
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for obj, key in ((scheduler, "scheduler"), (scaler, "scaler")):
@@ -164,8 +186,8 @@ class _Job:
         )
 
 
-def _epoch(job: _Job, loop: dict[str, Any], best_state: Any, epoch: int) -> tuple[dict, Any]:
-    """Train one epoch, validate, update the best model; return the metrics to report."""
+def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str, Any]:
+    """Train one epoch, validate, update ``best``; return the metrics to report."""
     cfg = job.cfg
     train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     batches = train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
@@ -176,9 +198,10 @@ def _epoch(job: _Job, loop: dict[str, Any], best_state: Any, epoch: int) -> tupl
     scores = {f"val_{k}": v for k, v in job.task.metrics(outputs).items() if _scalar(v)}
     score = scores.get(cfg.metric, float("nan"))
     score = -math.inf if math.isnan(score) else score
-    if score > loop["best"] or best_state is None:
+    if score > loop["best"] or best.model is None:
         loop.update(best=score, best_epoch=epoch, stale=0, best_scores=scores)
-        best_state = copy.deepcopy(_unwrap(job.model).state_dict())
+        best.model = copy.deepcopy(_unwrap(job.model).state_dict())
+        best.val = _val_record(job, outputs, val)
     else:
         loop["stale"] += 1
     _step(job.scheduler, score)
@@ -189,8 +212,19 @@ def _epoch(job: _Job, loop: dict[str, Any], best_state: Any, epoch: int) -> tupl
                "lr": job.optimizer.param_groups[0]["lr"], "trainable_params": job.n_trainable,
                "start_epoch": loop["starts"][-1], "param_checksums": sums,
                "ranks_in_sync": len(set(sums)) == 1,
-               "done": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs}  # fmt: skip
-    return metrics, best_state
+               "completed": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs}  # fmt: skip
+    return metrics
+
+
+def _val_record(job: _Job, outputs: dict[str, Any], val) -> dict[str, Any] | None:
+    """Rank 0 keeps the best epoch's validation predictions and a few examples for plots."""
+    if ray.train.get_context().get_world_rank() != 0:
+        return None
+    keep = {k: v for k, v in outputs.items() if k in ("probs", "label", "scores", "patient_id")}
+    first = next(iter(val.iter_batches(batch_size=PREVIEW_ROWS, batch_format="numpy")), None)
+    model = _unwrap(job.model)  # rank 0 alone: a DDP forward would wait for the other ranks
+    preview = job.task.preview(model, collate(first, job.device)) if first else {}
+    return _tensors({"outputs": keep, "preview": preview})
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -200,11 +234,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config)
     torch.manual_seed(cfg.seed)
     job = _Job.build(cfg, class_weights)
-    loop, best_state = _restore(job.model, job.optimizer, job.scheduler, job.scaler)
+    loop, best = _restore(job.model, job.optimizer, job.scheduler, job.scaler)
     for epoch in range(loop["epoch"], cfg.epochs):
-        metrics, best_state = _epoch(job, loop, best_state, epoch)
-        _report(metrics, loop, job, best_state)
-        if metrics["done"]:
+        metrics = _epoch(job, loop, best, epoch)
+        _report(metrics, loop, job, best)
+        if metrics["completed"]:  # epochs run out or early stopping (Tune reserves "done")
             break
 
 
@@ -219,7 +253,7 @@ def _step(scheduler, score: float) -> None:
         scheduler.step()
 
 
-def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best_state: Any) -> None:
+def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best: Best) -> None:
     """Report once per epoch; only rank 0 writes the checkpoint."""
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint=None)
@@ -229,4 +263,4 @@ def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best_state
              "optimizer": job.optimizer.state_dict(),
              **{k: v.state_dict() if v is not None else None for k, v in optional.items()}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mammobench-ckpt-") as folder:
-        ray.train.report(metrics, checkpoint=_save(Path(folder), state, best_state))
+        ray.train.report(metrics, checkpoint=_save(Path(folder), state, best))

@@ -46,9 +46,10 @@ def test_unknown_name_lists_the_choices() -> None:
 def test_models_table_rows_are_json() -> None:
     rows = json.loads(json.dumps(models_table()))
     assert [row["name"] for row in rows] == available_models()
-    keys = {"name", "task", "library", "input_size", "params", "unfreeze_choices"}
+    keys = {"name", "task", "library", "input_size", "params", "unfreeze_choices",
+            "study_unfreeze", "weights_file"}  # fmt: skip
     for row in rows:
-        assert set(row) == keys
+        assert set(row) == keys and row["weights_file"].endswith(".pth")
         assert row["params"] > 1_000_000
         assert row["unfreeze_choices"][0] == 0 and row["unfreeze_choices"][-1] == "all"
     libraries = {row["name"]: row["library"] for row in rows}

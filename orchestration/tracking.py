@@ -1,0 +1,333 @@
+"""MLflow tracking: the one module that imports mlflow.
+
+A sweep is a parent run; each Tune trial is a child run (``mlflow.parentRunId``) created and
+updated by ``TrialTracker``, a Tune callback that runs in the sweep's driver, so one process
+writes the store. Child runs are keyed by trial id: a resumed sweep reopens them instead of
+creating duplicates, and runs a killed driver left RUNNING are marked FAILED first.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from sklearn.metrics import confusion_matrix
+
+from orchestration import plots
+from orchestration.train_config import TrainConfig
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # clusters in hospitals are offline
+
+SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "mammobench.sweep", "mammobench.trial_id", "mlflow.parentRunId"
+KIND_TAG = "mammobench.kind"
+PACKAGES = ("mammobench", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch",
+            "mlflow", "pydicom", "albumentations")  # fmt: skip
+CLASS_NAMES = {2: ["benign", "malignant"], 3: ["benign", "benign w/o callback", "malignant"]}
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client of the store; creates a local sqlite database (once, in this driver)."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    client.search_experiments(max_results=1)  # runs the schema migration before any trial
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment called ``name``, created on first use (artifacts under the work dir)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.joinpath(name).as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def provenance_tags(fingerprint: str) -> dict[str, str]:
+    """Git commit, dataset fingerprint and package versions, for the parent run."""
+    tags = {"mammobench.dataset_fingerprint": fingerprint}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    for name in PACKAGES:
+        try:
+            tags[f"version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict -> ``{"a.b": "value"}`` strings, as MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def scalar_metrics(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers in ``data`` (nested dicts flattened, [lo, hi] CIs split)."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= scalar_metrics(value, f"{name}_")
+        elif key.endswith("_ci") and isinstance(value, list | tuple) and len(value) == 2:
+            out |= {f"{name}_low": float(value[0]), f"{name}_high": float(value[1])}
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log params not yet on the run (MLflow refuses to change a logged param)."""
+    have = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in have]
+    for start in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[start : start + 100])
+
+
+class SweepRun:
+    """The parent run of one sweep (nested under a benchmark run when ``parent`` is given)."""
+
+    def __init__(self, client: MlflowClient, experiment: str, run_id: str) -> None:
+        self.client, self.experiment_id, self.run_id = client, experiment, run_id
+
+    @classmethod
+    def open(cls, client: MlflowClient, experiment: str, name: str, *, resume: bool,
+             parent: str | None = None, tags: dict[str, str] | None = None) -> SweepRun:  # fmt: skip
+        """Start the parent run, or reopen it on ``resume`` (leftover RUNNING trials -> FAILED)."""
+        found = _find_runs(client, experiment, {SWEEP_TAG: name, KIND_TAG: "sweep"})
+        if found and not resume:
+            raise ValueError(f"a sweep named {name!r} exists: pass --resume, or another --name")
+        if found:
+            sweep = cls(client, experiment, found[0].info.run_id)
+            client.update_run(sweep.run_id, status="RUNNING")
+            sweep.fail_leftovers()
+            return sweep
+        all_tags = {SWEEP_TAG: name, KIND_TAG: "sweep", **(tags or {})}
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        run = client.create_run(experiment, run_name=name, tags=all_tags)
+        return cls(client, experiment, run.info.run_id)
+
+    def fail_leftovers(self) -> int:
+        """Child runs a killed driver left RUNNING end FAILED; returns how many."""
+        stale = _find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id},
+                           status="RUNNING")  # fmt: skip
+        for run in stale:
+            self.client.set_tag(run.info.run_id, "mammobench.interrupted", "driver killed")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+        return len(stale)
+
+    def log_space(self, space: dict[str, Any], settings: dict[str, Any]) -> None:
+        """The sweep's space and settings as params, the space also as ``space.yaml``."""
+        _log_params(self.client, self.run_id, flatten({"space": space["params"], **settings}))
+        self.client.log_text(self.run_id, yaml.safe_dump(space, sort_keys=False), "space.yaml")
+
+    def tag(self, tags: dict[str, str]) -> None:
+        """Set tags on the parent run."""
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def children(self) -> list[Any]:
+        """The sweep's trial runs."""
+        return _find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id})
+
+    def finish(self, summary: dict[str, Any], metric: str, status: str = "FINISHED") -> None:
+        """Best trial's params and test metrics, comparison plots; then end the parent run."""
+        best = summary.get("best") or {}
+        _log_params(self.client, self.run_id, flatten(best.get("params", {}), "best."))
+        metrics = scalar_metrics(best.get("test", {}), "test_") | scalar_metrics(
+            best.get("val", {}), "val_"
+        )
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+        children = self.children()
+        if children:
+            self._log_comparison(children, metric)
+        self.client.set_terminated(self.run_id, status)
+
+    def _log_comparison(self, children: list[Any], metric: str) -> None:
+        rows = sorted(({"name": run.info.run_name, "value": run.data.metrics.get(f"best_{metric}"),
+                        "pretrained": run.data.params.get("pretrained") == "True"}
+                       for run in children), key=lambda r: r["name"])  # fmt: skip
+        rows = [r for r in rows if r["value"] is not None]
+        self.client.log_figure(self.run_id, plots.comparison_figure(rows, metric),
+                               "plots/trials_comparison.png")  # fmt: skip
+        histories = {run.info.run_name: [(m.step, m.value) for m in
+                     self.client.get_metric_history(run.info.run_id, metric)] for run in children}  # fmt: skip
+        self.client.log_figure(self.run_id, plots.curves_figure(histories, metric),
+                               "plots/learning_curves.png")  # fmt: skip
+
+    def register_model(self, name: str, model: torch.nn.Module, test: dict[str, Any]) -> str:
+        """Log the best model on the parent run and register it with its test metrics."""
+        requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "timm",
+                        "segmentation-models-pytorch", "torchvision")]  # fmt: skip
+        with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
+            info = mlflow.pytorch.log_model(model, name="best_model", registered_model_name=name,
+                                            pip_requirements=requirements,
+                                            serialization_format="pickle")  # fmt: skip
+        version = str(info.registered_model_version)
+        for key, value in scalar_metrics(test, "test_").items():
+            self.client.set_model_version_tag(name, version, key, f"{value:.4f}")
+        self.client.set_model_version_tag(name, version, "sweep_run_id", self.run_id)
+        return version
+
+
+def _find_runs(client: MlflowClient, experiment: str, tags: dict[str, str],
+               status: str | None = None) -> list[Any]:  # fmt: skip
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if status:
+        clauses.append(f"attributes.status = '{status}'")
+    return client.search_runs([experiment], " and ".join(clauses), max_results=10000)
+
+
+class TrialTracker(Callback):
+    """Tune callback: one child run per trial, per-epoch metrics, artifacts at the end.
+
+    Pickled with the Tuner (and restored by ``Tuner.restore``): it keeps only plain settings and
+    reconnects to the store lazily.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, parent: str, base: dict[str, Any],
+                 storage: str) -> None:  # fmt: skip
+        self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent
+        self.base, self.storage = base, storage
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_runs")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _client=None, _runs={})
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def config_of(self, trial) -> TrainConfig:
+        """The training job a trial runs."""
+        return TrainConfig.for_trial(self.base, trial.config)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._run_of(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        run_id = self._run_of(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        values = scalar_metrics({k: v for k, v in result.items() if k in _EPOCH_KEYS or
+                                 k.startswith(("val_", "best_"))})  # fmt: skip
+        stamp = int(result.get("timestamp", 0)) * 1000
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()]
+        )
+        if "trainable_params" in result:
+            _log_params(self.client, run_id, {"trainable_params": str(result["trainable_params"])})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id = self._run_of(trial)
+        result = trial.last_result or {}
+        stopped = not result.get("completed", False)
+        self.client.set_tag(run_id, "mammobench.stopped_early", str(stopped).lower())
+        if stopped:
+            self.client.set_tag(run_id, "mammobench.stopped_by", "scheduler (ASHA)")
+        if result.get("checkpoint_path"):
+            log_trial_artifacts(self.client, run_id, self.config_of(trial),
+                                result["checkpoint_path"], self.storage)  # fmt: skip
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id = self._run_of(trial)
+        self.client.set_tag(run_id, "mammobench.error", str(getattr(trial, "error_file", "")))
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _run_of(self, trial) -> str:
+        """The trial's child run: found by trial id (resumed sweeps) or created once."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = _find_runs(self.client, self.experiment, {PARENT_TAG: self.parent,
+                           TRIAL_TAG: trial.trial_id})  # fmt: skip
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            cfg = self.config_of(trial)
+            tags = {PARENT_TAG: self.parent, TRIAL_TAG: trial.trial_id, KIND_TAG: "trial"}
+            run_id = self.client.create_run(self.experiment, run_name=trial_run_name(cfg, trial),
+                                            tags=tags).info.run_id  # fmt: skip
+            _log_params(self.client, run_id, flatten(cfg.to_dict()) | {"trial_id": trial.trial_id})
+            self.client.log_text(run_id, yaml.safe_dump(cfg.to_dict()), "config.yaml")
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+
+_EPOCH_KEYS = ("epoch", "train_loss", "lr", "start_epoch")
+
+
+def trial_run_name(cfg: TrainConfig, trial) -> str:
+    """``<model>-<pretrained-uN|scratch>-lr<lr>-<trial suffix>``."""
+    setting = f"pretrained-u{cfg.unfreeze}" if cfg.pretrained else "scratch"
+    return f"{cfg.model}-{setting}-lr{cfg.lr:.1e}-{trial.trial_id.split('_')[-1]}"
+
+
+def log_trial_artifacts(client: MlflowClient, run_id: str, cfg: TrainConfig, checkpoint_path: str,
+                        storage: str) -> None:  # fmt: skip
+    """The best checkpoint and the plots of its validation predictions."""
+    from orchestration.train_driver import open_checkpoint
+    from orchestration.train_worker import BEST_FILE, BEST_VAL_FILE
+
+    with open_checkpoint(checkpoint_path, storage).as_directory() as folder:
+        client.log_artifact(run_id, str(Path(folder) / BEST_FILE), "checkpoint")
+        record = torch.load(Path(folder) / BEST_VAL_FILE, weights_only=True)
+    for name, figure in validation_figures(cfg, record or {}):
+        client.log_figure(run_id, figure, f"plots/{name}")
+
+
+def validation_figures(cfg: TrainConfig, record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(file name, figure) pairs for a trial's best validation predictions."""
+    outputs, preview = record.get("outputs", {}), record.get("preview", {})
+    if cfg.task == "classification" and "probs" in outputs:
+        probs, labels = outputs["probs"].numpy(), outputs["label"].numpy()
+        classes = CLASS_NAMES.get(probs.shape[1], [str(i) for i in range(probs.shape[1])])
+        matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(probs.shape[1])))
+        yield "confusion_matrix.png", plots.confusion_figure(matrix, classes)
+        malignant = (labels == probs.shape[1] - 1).astype(int)
+        yield "roc_curve.png", plots.roc_figure(malignant, probs[:, -1], "validation ROC")
+    elif cfg.task == "segmentation" and "image" in preview:
+        yield (
+            "mask_overlays.png",
+            plots.overlay_figure(*(preview[k].numpy() for k in ("image", "mask", "pred"))),
+        )
+    elif cfg.task == "detection" and "image" in preview:
+        boxes = [[t.numpy() for t in preview[k]] for k in ("boxes", "pred_boxes", "pred_scores")]
+        yield "detections.png", plots.detection_figure(preview["image"].numpy(), *boxes)

@@ -1,0 +1,281 @@
+"""Ray Tune sweeps (``mammobench tune``): pretrained vs scratch x unfrozen stages x learning rate.
+
+Each trial runs ``train_driver_fn``, which builds the ``TorchTrainer`` of ``mammobench train``
+(Train V2) named after the trial id, so a resumed trial's Train run restores its own checkpoint.
+``TuneReportCallback`` forwards each epoch's metrics to Tune, where ASHA may stop the trial and
+``TrialTracker`` logs it to MLflow. The best trial (by validation metric) is tested once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import ModelSpec, build_model, model_info, weights_available
+from orchestration.settings import Settings
+from orchestration.tracking import (
+    SweepRun,
+    TrialTracker,
+    client_for,
+    experiment_id,
+    provenance_tags,
+)
+from orchestration.train_config import TASK_METRIC, TrainConfig, read_manifest
+from orchestration.train_driver import (
+    check_job,
+    evaluate_checkpoint,
+    open_checkpoint,
+    trainer_for,
+)
+from orchestration.train_worker import BEST_FILE
+from search_spaces import Space, SpaceError, default_space, load_space
+
+# A trial's driver only waits on its Train run: it reserves memory, not a CPU, so a trial needs
+# its Train workers' CPUs plus one CPU left free for Ray Data (else ingestion never starts).
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 2**20}
+DATA_CPUS = 1.0
+
+
+class ClusterTooSmall(RuntimeError):
+    """The cluster cannot run one trial without starving its data pipeline."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep: the architecture, its space and how trials are scheduled."""
+
+    model: str
+    data: str
+    task: str = "classification"
+    space: str | None = None
+    samples: int = 1
+    max_epochs: int = 10
+    scheduler: str = "asha"
+    search: str = "random"
+    workers: int = 1
+    gpus_per_trial: float = 0.0
+    name: str | None = None
+    resume: bool = False
+    grace_epochs: int = 1
+    max_failures: int = 1
+    seed: int = 0
+    experiment: str | None = None
+    parent_run: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("asha", "fifo"):
+            raise ValueError(f"scheduler must be asha or fifo, got {self.scheduler!r}")
+        if self.search not in ("random", "optuna"):
+            raise ValueError(f"search must be random or optuna, got {self.search!r}")
+        if self.samples < 1 or self.max_epochs < 1:
+            raise ValueError("samples and max_epochs must be at least 1")
+
+    def base(self) -> TrainConfig:
+        """The training job every trial starts from (sampled settings override it)."""
+        gpus = self.gpus_per_trial / self.workers
+        return TrainConfig(model=self.model, data=str(Path(self.data).resolve()), task=self.task,
+                           epochs=self.max_epochs, workers=self.workers, gpus_per_worker=gpus,
+                           seed=self.seed, patience=self.max_epochs,
+                           **self.train).with_manifest()  # fmt: skip
+
+
+def max_concurrent_trials(resources: dict[str, float], workers: int, cpus_per_worker: float,
+                          gpus_per_worker: float) -> int:  # fmt: skip
+    """How many trials fit at once, each with its workers and one free CPU for Ray Data."""
+    cpus = resources.get("CPU", 0.0)
+    need = workers * cpus_per_worker + DATA_CPUS
+    if cpus < need:
+        raise ClusterTooSmall(
+            f"the cluster has {cpus:g} CPUs; one trial needs {need:g} ({workers} Train "
+            f"worker(s) x {cpus_per_worker:g} + {DATA_CPUS:g} for Ray Data): use fewer workers "
+            "or a bigger cluster"
+        )
+    fit = int(cpus // need)
+    if gpus_per_worker > 0:
+        fit = min(fit, int(resources.get("GPU", 0.0) // (workers * gpus_per_worker)))
+        if fit < 1:
+            raise ClusterTooSmall(f"the cluster has {resources.get('GPU', 0):g} GPUs; one trial "
+                                  f"needs {workers * gpus_per_worker:g}")  # fmt: skip
+    return max(1, fit)
+
+
+def resolve_space(
+    space_ref: str | None, task: str, model: str, weights_dir: str | None = None
+) -> tuple[Space, str | None]:
+    """The space fitted to an architecture, and why pretrained trials were skipped (if so)."""
+    space = load_space(space_ref or default_space(task, model))
+    if space.task != task:
+        raise SpaceError(f"{space.path}: a {space.task} space, but the sweep's task is {task}")
+    info = model_info(model)
+    skipped = None
+    if True in (space.values("pretrained") or []):
+        ok, reason = weights_available(ModelSpec(name=model, pretrained=True,
+                                                 weights_dir=weights_dir))  # fmt: skip
+        skipped = None if ok else reason
+    fitted = space.resolve(info["unfreeze_choices"], info["study_unfreeze"], skipped is None)
+    return fitted, skipped
+
+
+def param_space(space: Space, search: str) -> dict[str, Any]:
+    """Tune distributions of a space (Optuna has no grid: grids become choices)."""
+    from ray import tune
+
+    make = {"grid": tune.grid_search if search == "random" else tune.choice,
+            "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "value": lambda v: v}  # fmt: skip
+    return {key: make[kind](values) for key, dist in space.params.items()
+            for kind, values in dist.items()}  # fmt: skip
+
+
+def train_driver_fn(config: dict[str, Any], base: dict[str, Any], storage: str, sweep: str) -> None:
+    """Tune function trainable: one Train V2 run per trial, named after the trial id."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = TrainConfig.for_trial(base, config)
+    name = f"{sweep}-{tune.get_context().get_trial_id()}"
+    trainer_for(cfg, storage, name, callbacks=[TuneReportCallback()]).fit()
+
+
+def sweep_name(sweep: SweepConfig, storage: str) -> str:
+    """The given name; on resume without one, the newest sweep of this model and task."""
+    prefix = f"tune-{sweep.model}-{sweep.task}"
+    if sweep.name:
+        return sweep.name
+    if sweep.resume:
+        found = sorted(Path(storage).glob(f"{prefix}-*/tuner.pkl"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"no {prefix} sweep in {storage} to resume")
+        return found[-1].parent.name
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _scheduler(sweep: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sweep.scheduler == "fifo":
+        return FIFOScheduler()
+    grace = min(sweep.grace_epochs, sweep.max_epochs)
+    return ASHAScheduler(time_attr="epoch", max_t=sweep.max_epochs, grace_period=grace,
+                         reduction_factor=2)  # fmt: skip
+
+
+def _search(sweep: SweepConfig):
+    if sweep.search == "random":
+        return None  # Tune's default: grid x random samples
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=sweep.seed)
+
+
+def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: TrialTracker,
+           base: TrainConfig):  # fmt: skip
+    import ray
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage, sweep=name),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    path = f"{storage.rstrip('/')}/{name}"
+    if sweep.resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    concurrent = max_concurrent_trials(ray.cluster_resources(), base.workers,
+                                       base.cpus_per_worker, base.gpus_per_worker)  # fmt: skip
+    tune_config = tune.TuneConfig(metric=base.metric, mode="max", scheduler=_scheduler(sweep),
+                                  search_alg=_search(sweep), num_samples=sweep.samples,
+                                  max_concurrent_trials=concurrent, reuse_actors=True)  # fmt: skip
+    failures = tune.FailureConfig(max_failures=sweep.max_failures)
+    run_config = tune.RunConfig(name=name, storage_path=storage, callbacks=[tracker],
+                                failure_config=failures)  # fmt: skip
+    return tune.Tuner(trainable, param_space=param_space(space, sweep.search),
+                      tune_config=tune_config, run_config=run_config)  # fmt: skip
+
+
+def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
+    """Run (or resume) a sweep, test its best trial once and register the best model."""
+    base = sweep.base()
+    check_job(base)
+    space, skipped = resolve_space(sweep.space, sweep.task, sweep.model, base.weights_dir)
+    name = sweep_name(sweep, settings.storage)
+    client = client_for(settings.tracking_uri)
+    local = settings.tracking_uri.startswith("sqlite:")
+    experiment = sweep.experiment or f"mammobench-{sweep.task}"
+    exp_id = experiment_id(client, experiment, settings.artifact_root if local else None)
+    parent = SweepRun.open(client, exp_id, name, resume=sweep.resume, parent=sweep.parent_run,
+                           tags=_tags(base, skipped))  # fmt: skip
+    parent.log_space(space.to_dict(), {"sweep": _settings(sweep)})
+    tracker = TrialTracker(settings.tracking_uri, exp_id, parent.run_id, base.to_dict(),
+                           settings.storage)  # fmt: skip
+    results = _tuner(sweep, space, name, settings.storage, tracker, base).fit()
+    summary = _summary(results, base, name, experiment, parent.run_id, skipped)
+    if summary["best"]:
+        summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
+        model = _best_model(summary["best"], base, settings.storage)
+        version = parent.register_model(f"mammobench-{base.model}-{base.task}", model,
+                                        summary["best"]["test"])  # fmt: skip
+        summary["registered_model"] = {"name": f"mammobench-{base.model}-{base.task}",
+                                       "version": version}  # fmt: skip
+    parent.finish(summary, base.metric, "FINISHED" if summary["best"] else "FAILED")
+    return summary
+
+
+def _tags(base: TrainConfig, skipped: str | None) -> dict[str, str]:
+    fingerprint = str(read_manifest(base.data, base.task).get("fingerprint", ""))
+    tags = provenance_tags(fingerprint) | {
+        "mammobench.model": base.model,
+        "mammobench.task": base.task,
+    }
+    if skipped:
+        tags["mammobench.skipped_pretrained"] = skipped
+    return tags
+
+
+def _settings(sweep: SweepConfig) -> dict[str, Any]:
+    keep = ("model", "task", "samples", "max_epochs", "scheduler", "search", "workers",
+            "gpus_per_trial", "grace_epochs", "max_failures", "seed")  # fmt: skip
+    return {k: v for k, v in asdict(sweep).items() if k in keep}
+
+
+def _summary(results, base: TrainConfig, name: str, experiment: str, parent: str,
+             skipped: str | None) -> dict[str, Any]:  # fmt: skip
+    trials, best = [], None
+    best_key = f"best_{base.metric}"
+    for result in results:
+        metrics = result.metrics or {}
+        row = {"trial_id": metrics.get("trial_id"), "config": result.config,
+               "status": "ERROR" if result.error else "TERMINATED",
+               "stopped_early": bool(metrics) and not metrics.get("completed", False),
+               "epochs": metrics.get("epoch"), best_key: metrics.get(best_key),
+               "checkpoint_path": metrics.get("checkpoint_path")}  # fmt: skip
+        trials.append(row)
+        value = row[best_key]
+        usable = value is not None and math.isfinite(value) and row["checkpoint_path"]
+        if usable and (best is None or value > best[best_key]):
+            best = row
+    best_out = None
+    if best:
+        best_out = {"trial_id": best["trial_id"], "params": best["config"],
+                    "val": {TASK_METRIC[base.task]: best[best_key]}, "checkpoint": best["checkpoint_path"]}  # fmt: skip
+    return {"sweep": name, "experiment": experiment, "parent_run_id": parent, "trials": trials,
+            "best": best_out, "skipped_pretrained": skipped}  # fmt: skip
+
+
+def _test_best(best: dict[str, Any], base: TrainConfig, storage: str) -> dict[str, Any]:
+    cfg = TrainConfig.for_trial(base.to_dict(), best["params"])
+    return evaluate_checkpoint(cfg, open_checkpoint(best["checkpoint"], storage))
+
+
+def _best_model(best: dict[str, Any], base: TrainConfig, storage: str) -> torch.nn.Module:
+    cfg = TrainConfig.for_trial(base.to_dict(), best["params"])
+    spec = cfg.model_spec()
+    model = build_model(type(spec).from_dict(spec.to_dict() | {"pretrained": False}))
+    with open_checkpoint(best["checkpoint"], storage).as_directory() as folder:
+        model.load_state_dict(torch.load(Path(folder) / BEST_FILE, weights_only=True))
+    return model.eval()
