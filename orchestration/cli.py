@@ -216,6 +216,9 @@ def tune(
     search: Annotated[str, typer.Option(help="random | optuna")] = "random",
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
     gpus_per_trial: Annotated[float, typer.Option(min=0)] = 0.0,
+    max_concurrent: Annotated[
+        int | None, typer.Option(min=1, help="Trials at once [default: what the cluster fits now].")
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Fixed batch size when the space has none.")
     ] = None,
@@ -263,7 +266,7 @@ def tune(
             model=model, data=str(data), task=task, space=space, samples=samples,
             max_epochs=max_epochs, scheduler=scheduler, search=search, workers=workers,
             gpus_per_trial=gpus_per_trial, name=name, resume=resume, grace_epochs=grace_epochs,
-            max_failures=max_failures, seed=seed, train=train,
+            max_failures=max_failures, seed=seed, train=train, max_concurrent=max_concurrent,
         )  # fmt: skip
         from orchestration.train_driver import check_job
 

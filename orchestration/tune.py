@@ -66,6 +66,7 @@ class SweepConfig:
     seed: int = 0
     experiment: str | None = None
     parent_run: str | None = None
+    max_concurrent: int | None = None  # autoscaling clusters: set it, nodes are not up yet
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,7 +95,7 @@ def max_concurrent_trials(resources: dict[str, float], workers: int, cpus_per_wo
         raise ClusterTooSmall(
             f"the cluster has {cpus:g} CPUs; one trial needs {need:g} ({workers} Train "
             f"worker(s) x {cpus_per_worker:g} + {DATA_CPUS:g} for Ray Data): use fewer workers "
-            "or a bigger cluster"
+            "or a bigger cluster (on an autoscaling cluster, pass --max-concurrent)"
         )
     fit = int(cpus // need)
     if gpus_per_worker > 0:
@@ -186,8 +187,9 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
     path = f"{storage.rstrip('/')}/{name}"
     if sweep.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    concurrent = max_concurrent_trials(ray.cluster_resources(), base.workers,
-                                       base.cpus_per_worker, base.gpus_per_worker)  # fmt: skip
+    concurrent = sweep.max_concurrent or max_concurrent_trials(
+        ray.cluster_resources(), base.workers, base.cpus_per_worker, base.gpus_per_worker
+    )
     tune_config = tune.TuneConfig(metric=base.metric, mode="max", scheduler=_scheduler(sweep),
                                   search_alg=_search(sweep), num_samples=sweep.samples,
                                   max_concurrent_trials=concurrent, reuse_actors=True)  # fmt: skip
