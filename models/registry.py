@@ -92,40 +92,23 @@ class ModelEntry:
     description: str = ""
 
 
-def _classifier(name: str, config: ClassifierConfig, **entry: Any) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="classification",
-        library="timm",
-        build=partial(build_classifier, config=config),
-        groups=classifier_groups,
-        weights_source=partial(classifier_weights_source, config=config),
-        **entry,
-    )
+def _family(task: Task, library: str, build, groups, weights_source) -> Callable[..., ModelEntry]:
+    """A maker of registry entries for one library's architectures."""
+
+    def make(name: str, config: Any, **entry: Any) -> ModelEntry:
+        return ModelEntry(name=name, task=task, library=library,
+                          build=partial(build, config=config), groups=groups,
+                          weights_source=partial(weights_source, config=config), **entry)  # fmt: skip
+
+    return make
 
 
-def _segmenter(name: str, config: SegmenterConfig, **entry: Any) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="segmentation",
-        library="smp",
-        build=partial(build_segmenter, config=config),
-        groups=segmenter_groups,
-        weights_source=partial(segmenter_weights_source, config=config),
-        **entry,
-    )
-
-
-def _detector(name: str, config: DetectorConfig, **entry: Any) -> ModelEntry:
-    return ModelEntry(
-        name=name,
-        task="detection",
-        library="torchvision",
-        build=partial(build_detector, config=config),
-        groups=detector_groups,
-        weights_source=partial(detector_weights_source, config=config),
-        **entry,
-    )
+_classifier = _family("classification", "timm", build_classifier, classifier_groups,
+                      classifier_weights_source)  # fmt: skip
+_segmenter = _family("segmentation", "smp", build_segmenter, segmenter_groups,
+                     segmenter_weights_source)  # fmt: skip
+_detector = _family("detection", "torchvision", build_detector, detector_groups,
+                    detector_weights_source)  # fmt: skip
 
 
 _ENTRIES = (
