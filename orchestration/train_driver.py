@@ -21,7 +21,7 @@ from orchestration.train_worker import BEST_FILE, STATE_FILE, train_fn_per_worke
 
 def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | None = None):
     """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     use_gpu = cfg.gpus_per_worker > 0
@@ -40,6 +40,8 @@ def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | Non
             callbacks=callbacks,
         ),
         datasets=build_datasets(cfg),
+        # validation is read whole by every rank (an equal split would drop rows; see evaluate)
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
 
 

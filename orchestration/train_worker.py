@@ -68,18 +68,43 @@ def _checksums(model: torch.nn.Module) -> list[float]:
 
 def _gather(outputs: dict[str, Any]) -> dict[str, Any]:
     """Every worker's predictions, joined in rank order (all ranks get the same result)."""
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+    if _rank_world()[1] == 1:
         return outputs
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, outputs)
     return concat_outputs([p for p in parts if p])
 
 
-def evaluate(task, model: torch.nn.Module, batches, device) -> dict[str, Any]:
-    """Predict a whole split (this worker's share), gather it, and return its outputs."""
-    model.eval()
-    parts = [task.predict(model, collate(batch, device)) for batch in batches]
-    return _gather(concat_outputs(parts))
+def _rank_world() -> tuple[int, int]:
+    if not dist.is_available() or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) everywhere, so every rank evaluates one model."""
+    if _rank_world()[1] > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def evaluate(task, model: torch.nn.Module, batches, device) -> tuple[dict[str, Any], Any]:
+    """Predict a whole split and gather it; also return its first batch (for previews).
+
+    Every rank reads the whole (unsplit) split and predicts every ``world``-th batch, so no row is
+    dropped to even out the ranks. The forward runs on the unwrapped module: ranks may hold
+    different batch counts, and a DDP forward would wait on the others.
+    """
+    net = _unwrap(model)
+    _sync_buffers(net)
+    net.eval()
+    rank, world = _rank_world()
+    parts, first = [], None
+    for index, batch in enumerate(batches):
+        first = batch if first is None else first
+        if index % world == rank:
+            parts.append(task.predict(net, collate(batch, device)))
+    return _gather(concat_outputs(parts)), first
 
 
 def _train_epoch(task, model, optimizer, batches, device, scaler) -> float:
@@ -194,14 +219,15 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
                                  local_shuffle_buffer_size=4 * cfg.batch_size)  # fmt: skip
     train_loss = _train_epoch(job.task, job.model, job.optimizer, batches, job.device, job.scaler)
     val_batches = val.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
-    outputs = evaluate(job.task, job.model, val_batches, job.device)
+    outputs, first = evaluate(job.task, job.model, val_batches, job.device)
     scores = {f"val_{k}": v for k, v in job.task.metrics(outputs).items() if _scalar(v)}
+    scores["val_n"] = len(outputs["patient_id"])  # rows evaluated: the whole split
     score = scores.get(cfg.metric, float("nan"))
     score = -math.inf if math.isnan(score) else score
     if score > loop["best"] or best.model is None:
         loop.update(best=score, best_epoch=epoch, stale=0, best_scores=scores)
         best.model = copy.deepcopy(_unwrap(job.model).state_dict())
-        best.val = _val_record(job, outputs, val)
+        best.val = _val_record(job, outputs, first)
     else:
         loop["stale"] += 1
     _step(job.scheduler, score)
@@ -216,14 +242,16 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
     return metrics
 
 
-def _val_record(job: _Job, outputs: dict[str, Any], val) -> dict[str, Any] | None:
+def _val_record(job: _Job, outputs: dict[str, Any], first: Any) -> dict[str, Any] | None:
     """Rank 0 keeps the best epoch's validation predictions and a few examples for plots."""
     if ray.train.get_context().get_world_rank() != 0:
         return None
     keep = {k: v for k, v in outputs.items() if k in ("probs", "label", "scores", "patient_id")}
-    first = next(iter(val.iter_batches(batch_size=PREVIEW_ROWS, batch_format="numpy")), None)
-    model = _unwrap(job.model)  # rank 0 alone: a DDP forward would wait for the other ranks
-    preview = job.task.preview(model, collate(first, job.device)) if first else {}
+    preview = {}
+    if first is not None:
+        rows = {k: v[:PREVIEW_ROWS] for k, v in first.items()}
+        with torch.no_grad():  # the unwrapped model: rank 0 alone runs this forward
+            preview = job.task.preview(_unwrap(job.model), collate(rows, job.device))
     return _tensors({"outputs": keep, "preview": preview})
 
 

@@ -76,12 +76,15 @@ def test_detection_trains_and_reports_map_and_froc(prepared_small: Path, tmp_pat
 def test_two_workers_run_ddp_and_end_with_identical_weights(
     prepared_small: Path, tmp_path: Path
 ) -> None:
-    cfg = TrainConfig(model="mobilenetv2", data=str(prepared_small), epochs=2, batch_size=8,
+    # 12 validation rows in batches of 5: the ranks predict 2 and 1 batches, and none is dropped
+    cfg = TrainConfig(model="mobilenetv2", data=str(prepared_small), epochs=2, batch_size=5,
                       workers=2, bootstrap=100)  # fmt: skip
     result = run_training(cfg, str(tmp_path))
     assert len(result["param_checksums"]) == 2
     assert result["ranks_in_sync"] is True
     assert result["epochs"] == 2 and 0.0 <= result["test"]["auc"] <= 1.0
+    manifest = json.loads((prepared_small / "manifest.json").read_text())
+    assert result["val"]["n"] == manifest["tasks"]["classification"]["splits"]["val"]
 
 
 def test_killed_job_resumes_from_its_checkpoint(
