@@ -17,12 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Until `mammobench benchmark --demo` lands: synth -> catalog -> prepare -> a tracked sweep.
+# The embedded default: synthesise, prepare, every architecture of the study at tiny sizes on the
+# local Ray cluster, leaderboard beside the published figures, HTML report, MLflow UI command.
 demo: venv
-	$(BIN)/mammobench synth runs/demo-data --patients 40 --seed 0
-	$(BIN)/mammobench catalog runs/demo-data
-	$(BIN)/mammobench prepare runs/demo-data --out runs/demo-prep --cls-size 32 --seg-size 32 --det-size 64
-	$(BIN)/mammobench tune mobilenetv2 --data runs/demo-prep --samples 2 --max-epochs 12
+	$(BIN)/mammobench benchmark --demo
 
 test: venv
 	$(BIN)/ruff check .

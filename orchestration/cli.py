@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show [default: ...] literally
 )
 
 
@@ -277,6 +278,78 @@ def tune(
     typer.echo(tune_text(summary, ctx.obj))
     if as_json:
         typer.echo(json.dumps(summary, default=str))
+
+
+@app.command()
+def benchmark(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(help="Benchmark name or YAML path [default: study; demo with --demo]."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="CBIS-DDSM download, or prepared shards (PREP).")
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Synthesise a small dataset and run every architecture tiny.")
+    ] = False,
+    prep: Annotated[
+        Path | None, typer.Option(help="Where to prepare DATA [default: <work dir>/prepared].")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Benchmark run name [default: CONFIG-<time>].")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted benchmark (finished sweeps are kept).")
+    ] = False,
+    weights_dir: Annotated[
+        str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+) -> None:
+    """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
+    from orchestration.benchmark import BenchmarkJob, run_benchmark
+    from orchestration.ray_cluster import init_ray
+    from orchestration.report import write_report
+    from orchestration.report_text import benchmark_text
+    from orchestration.tracking import client_for
+    from search_spaces import SpaceError
+    from search_spaces.benchmarks import load_benchmark
+
+    with user_errors(SpaceError):
+        bench = load_benchmark(config or ("demo" if demo else "study"))
+        if data is None and not bench.synth:
+            raise ValueError(f"{bench.path} has no synth section: pass --data")
+    init_ray(ctx.obj.address)
+    job = BenchmarkJob(bench, data, prep, name, resume, weights_dir)
+    with user_errors(SpaceError):
+        result = run_benchmark(job, ctx.obj, typer.echo)
+    report = write_report(client_for(ctx.obj.tracking_uri), job.experiment,
+                          Path(result["folder"]), ctx.obj.home, result["run_id"])  # fmt: skip
+    typer.echo(benchmark_text(result, report, ctx.obj))
+    if as_json:
+        typer.echo(json.dumps(result | {"report": str(report)}, default=str))
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment [default: the newest benchmark's].")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.html [default: the benchmark's].")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report (leaderboard, curves, ROC, overlays) from MLflow."""
+    from orchestration.report import write_report
+    from orchestration.tracking import client_for
+
+    with user_errors():
+        path = write_report(client_for(ctx.obj.tracking_uri), experiment, out, ctx.obj.home)
+    typer.echo(f"report: {path}")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -103,4 +104,19 @@ def tune_text(summary: dict[str, Any], settings: Any) -> str:
         reg = summary["registered_model"]
         lines.append(f"  registered model {reg['name']} version {reg['version']}")
     lines.append(f"  browse: mammobench --tracking-uri {settings.tracking_uri} ui")
+    return "\n".join(lines)
+
+
+def benchmark_text(result: dict[str, Any], report: Path, settings: Any) -> str:
+    """The leaderboard and where everything went."""
+    from orchestration.leaderboard import markdown
+
+    folder = Path(result["folder"])
+    lines = [f"benchmark {result['name']} (MLflow experiment {result['experiment']})", "",
+             markdown(result["rows"]),
+             f"leaderboard: {folder / 'leaderboard.md'} and {folder / 'leaderboard.csv'}",
+             f"report:      {report}",
+             f"MLflow UI:   mammobench --tracking-uri {settings.tracking_uri} ui   (or: make ui)"]  # fmt: skip
+    if result["failed"]:
+        lines.append(f"failed sweeps: {', '.join(result['failed'])} (see the notes above)")
     return "\n".join(lines)

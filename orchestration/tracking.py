@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,9 @@ from orchestration.train_config import TrainConfig
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # clusters in hospitals are offline
 
 SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "mammobench.sweep", "mammobench.trial_id", "mlflow.parentRunId"
-KIND_TAG = "mammobench.kind"
+KIND_TAG, BEST_TAG = "mammobench.kind", "mammobench.best_trial_id"
+BENCH_TAG, SKIP_TAG, ERROR_TAG = "mammobench.benchmark", "mammobench.skipped", "mammobench.error"
+NAME_TAGS = {"sweep": SWEEP_TAG, "benchmark": BENCH_TAG}
 PACKAGES = ("mammobench", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch",
             "mlflow", "pydicom", "albumentations")  # fmt: skip
 CLASS_NAMES = {2: ["benign", "malignant"], 3: ["benign", "benign w/o callback", "malignant"]}
@@ -102,7 +105,12 @@ def scalar_metrics(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
             out |= {f"{name}_low": float(value[0]), f"{name}_high": float(value[1])}
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = float(value)
-    return {k: v for k, v in out.items() if math.isfinite(v)}
+    return {_metric_name(k): v for k, v in out.items() if math.isfinite(v)}
+
+
+def _metric_name(name: str) -> str:
+    """MLflow's allowed characters only (``sens@1fp`` -> ``sens_1fp``)."""
+    return re.sub(r"[^\w./\- :]", "_", name)
 
 
 def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
@@ -114,24 +122,26 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
 
 
 class SweepRun:
-    """The parent run of one sweep (nested under a benchmark run when ``parent`` is given)."""
+    """The parent run of one sweep (nested under a benchmark run when ``parent`` is given), or
+    of a whole benchmark (``kind="benchmark"``)."""
 
     def __init__(self, client: MlflowClient, experiment: str, run_id: str) -> None:
         self.client, self.experiment_id, self.run_id = client, experiment, run_id
 
     @classmethod
     def open(cls, client: MlflowClient, experiment: str, name: str, *, resume: bool,
-             parent: str | None = None, tags: dict[str, str] | None = None) -> SweepRun:  # fmt: skip
+             parent: str | None = None, tags: dict[str, str] | None = None,
+             kind: str = "sweep") -> SweepRun:  # fmt: skip
         """Start the parent run, or reopen it on ``resume`` (leftover RUNNING trials -> FAILED)."""
-        found = _find_runs(client, experiment, {SWEEP_TAG: name, KIND_TAG: "sweep"})
+        found = find_runs(client, experiment, {NAME_TAGS[kind]: name, KIND_TAG: kind})
         if found and not resume:
-            raise ValueError(f"a sweep named {name!r} exists: pass --resume, or another --name")
+            raise ValueError(f"a {kind} named {name!r} exists: pass --resume, or another --name")
         if found:
             sweep = cls(client, experiment, found[0].info.run_id)
             client.update_run(sweep.run_id, status="RUNNING")
             sweep.fail_leftovers()
             return sweep
-        all_tags = {SWEEP_TAG: name, KIND_TAG: "sweep", **(tags or {})}
+        all_tags = {NAME_TAGS[kind]: name, KIND_TAG: kind, **(tags or {})}
         if parent:
             all_tags[PARENT_TAG] = parent
         run = client.create_run(experiment, run_name=name, tags=all_tags)
@@ -139,7 +149,7 @@ class SweepRun:
 
     def fail_leftovers(self) -> int:
         """Child runs a killed driver left RUNNING end FAILED; returns how many."""
-        stale = _find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id},
+        stale = find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id},
                            status="RUNNING")  # fmt: skip
         for run in stale:
             self.client.set_tag(run.info.run_id, "mammobench.interrupted", "driver killed")
@@ -148,8 +158,12 @@ class SweepRun:
 
     def log_space(self, space: dict[str, Any], settings: dict[str, Any]) -> None:
         """The sweep's space and settings as params, the space also as ``space.yaml``."""
-        _log_params(self.client, self.run_id, flatten({"space": space["params"], **settings}))
-        self.client.log_text(self.run_id, yaml.safe_dump(space, sort_keys=False), "space.yaml")
+        self.log_config({"space": space["params"], **settings}, space, "space.yaml")
+
+    def log_config(self, params: dict[str, Any], document: dict[str, Any], file: str) -> None:
+        """Settings as (flattened) params, and a whole document as a YAML artifact."""
+        _log_params(self.client, self.run_id, flatten(params))
+        self.client.log_text(self.run_id, yaml.safe_dump(document, sort_keys=False), file)
 
     def tag(self, tags: dict[str, str]) -> None:
         """Set tags on the parent run."""
@@ -158,15 +172,19 @@ class SweepRun:
 
     def children(self) -> list[Any]:
         """The sweep's trial runs."""
-        return _find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id})
+        return find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id})
 
     def finish(self, summary: dict[str, Any], metric: str, status: str = "FINISHED") -> None:
         """Best trial's params and test metrics, comparison plots; then end the parent run."""
         best = summary.get("best") or {}
         _log_params(self.client, self.run_id, flatten(best.get("params", {}), "best."))
-        metrics = scalar_metrics(best.get("test", {}), "test_") | scalar_metrics(
-            best.get("val", {}), "val_"
+        metrics = (
+            scalar_metrics(best.get("test", {}), "test_")
+            | scalar_metrics(best.get("val", {}), "val_")
+            | scalar_metrics(summary.get("usage", {}))
         )
+        if best.get("trial_id"):
+            self.client.set_tag(self.run_id, BEST_TAG, best["trial_id"])
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
         children = self.children()
         if children:
@@ -200,12 +218,51 @@ class SweepRun:
         return version
 
 
-def _find_runs(client: MlflowClient, experiment: str, tags: dict[str, str],
-               status: str | None = None) -> list[Any]:  # fmt: skip
+def find_runs(client: MlflowClient, experiment: str, tags: dict[str, str],
+              status: str | None = None) -> list[Any]:  # fmt: skip
+    """Runs of an experiment carrying all ``tags`` (newest first)."""
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if status:
         clauses.append(f"attributes.status = '{status}'")
-    return client.search_runs([experiment], " and ".join(clauses), max_results=10000)
+    return client.search_runs([experiment], " and ".join(clauses), max_results=10000,
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+
+
+def record_outcome(client: MlflowClient, experiment: str, name: str, parent: str,
+                   tags: dict[str, str], *, skipped: str | None = None,
+                   error: str | None = None) -> str:  # fmt: skip
+    """A sweep that could not run (``skipped``: no weights) or broke (``error``): its parent run
+    (created if the sweep never got that far) ends saying why."""
+    found = find_runs(client, experiment, {SWEEP_TAG: name, KIND_TAG: "sweep"})
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        all_tags = {SWEEP_TAG: name, KIND_TAG: "sweep", PARENT_TAG: parent, **tags}
+        run_id = client.create_run(experiment, run_name=name, tags=all_tags).info.run_id
+    client.set_tag(run_id, SKIP_TAG if skipped else ERROR_TAG, (skipped or error or "")[:5000])
+    client.set_terminated(run_id, "FINISHED" if skipped else "FAILED")
+    return run_id
+
+
+def sweep_done(client: MlflowClient, experiment: str, name: str) -> bool:
+    """Whether a sweep of this name finished (a skipped one is checked again)."""
+    found = find_runs(client, experiment, {SWEEP_TAG: name, KIND_TAG: "sweep"})
+    return bool(found) and found[0].info.status == "FINISHED" and SKIP_TAG not in found[0].data.tags
+
+
+def log_files(client: MlflowClient, run_id: str, paths: list[Path]) -> None:
+    """Attach local files to a run."""
+    for path in paths:
+        client.log_artifact(run_id, str(path))
+
+
+def fetch_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
+    """Download one artifact of a run, or None when the run has no such artifact."""
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
 
 
 class TrialTracker(Callback):
@@ -267,14 +324,14 @@ class TrialTracker(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._run_of(trial)
-        self.client.set_tag(run_id, "mammobench.error", str(getattr(trial, "error_file", "")))
+        self.client.set_tag(run_id, ERROR_TAG, str(getattr(trial, "error_file", "")))
         self.client.set_terminated(run_id, "FAILED")
 
     def _run_of(self, trial) -> str:
         """The trial's child run: found by trial id (resumed sweeps) or created once."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        found = _find_runs(self.client, self.experiment, {PARENT_TAG: self.parent,
+        found = find_runs(self.client, self.experiment, {PARENT_TAG: self.parent,
                            TRIAL_TAG: trial.trial_id})  # fmt: skip
         if found:
             run_id = found[0].info.run_id

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from models import ModelSpec, build_model, model_info, weights_available
+from models import ModelSpec, WeightsNotFoundError, build_model, model_info, weights_available
 from orchestration.settings import Settings
 from orchestration.tracking import (
     SweepRun,
@@ -68,6 +68,8 @@ class SweepConfig:
     parent_run: str | None = None
     max_concurrent: int | None = None  # autoscaling clusters: set it, nodes are not up yet
     train: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # space settings pinned to one value
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags of the sweep's parent run
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("asha", "fifo"):
@@ -80,10 +82,10 @@ class SweepConfig:
     def base(self) -> TrainConfig:
         """The training job every trial starts from (sampled settings override it)."""
         gpus = self.gpus_per_trial / self.workers
+        train = {"patience": self.max_epochs, **self.train}  # ASHA stops trials; no early stop
         return TrainConfig(model=self.model, data=str(Path(self.data).resolve()), task=self.task,
                            epochs=self.max_epochs, workers=self.workers, gpus_per_worker=gpus,
-                           seed=self.seed, patience=self.max_epochs,
-                           **self.train).with_manifest()  # fmt: skip
+                           seed=self.seed, **train).with_manifest()  # fmt: skip
 
 
 def max_concurrent_trials(resources: dict[str, float], workers: int, cpus_per_worker: float,
@@ -107,10 +109,17 @@ def max_concurrent_trials(resources: dict[str, float], workers: int, cpus_per_wo
 
 
 def resolve_space(
-    space_ref: str | None, task: str, model: str, weights_dir: str | None = None
+    space_ref: str | None,
+    task: str,
+    model: str,
+    weights_dir: str | None = None,
+    fixed: dict[str, Any] | None = None,
 ) -> tuple[Space, str | None]:
-    """The space fitted to an architecture, and why pretrained trials were skipped (if so)."""
-    space = load_space(space_ref or default_space(task, model))
+    """The space fitted to an architecture, and why pretrained trials were skipped (if so).
+
+    A space pinned to ``pretrained: true`` without obtainable weights is an error, not a skip.
+    """
+    space = load_space(space_ref or default_space(task, model)).fix(fixed or {})
     if space.task != task:
         raise SpaceError(f"{space.path}: a {space.task} space, but the sweep's task is {task}")
     info = model_info(model)
@@ -119,6 +128,8 @@ def resolve_space(
         ok, reason = weights_available(ModelSpec(name=model, pretrained=True,
                                                  weights_dir=weights_dir))  # fmt: skip
         skipped = None if ok else reason
+        if skipped and space.values("pretrained") == [True]:
+            raise WeightsNotFoundError(reason)
     fitted = space.resolve(info["unfreeze_choices"], info["study_unfreeze"], skipped is None)
     return fitted, skipped
 
@@ -204,19 +215,21 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
     """Run (or resume) a sweep, test its best trial once and register the best model."""
     base = sweep.base()
     check_job(base)
-    space, skipped = resolve_space(sweep.space, sweep.task, sweep.model, base.weights_dir)
+    space, skipped = resolve_space(sweep.space, sweep.task, sweep.model, base.weights_dir,
+                                   sweep.fixed)  # fmt: skip
     name = sweep_name(sweep, settings.storage)
     client = client_for(settings.tracking_uri)
     local = settings.tracking_uri.startswith("sqlite:")
     experiment = sweep.experiment or f"mammobench-{sweep.task}"
     exp_id = experiment_id(client, experiment, settings.artifact_root if local else None)
     parent = SweepRun.open(client, exp_id, name, resume=sweep.resume, parent=sweep.parent_run,
-                           tags=_tags(base, skipped))  # fmt: skip
+                           tags=_tags(base, skipped) | sweep.tags)  # fmt: skip
     parent.log_space(space.to_dict(), {"sweep": _settings(sweep)})
     tracker = TrialTracker(settings.tracking_uri, exp_id, parent.run_id, base.to_dict(),
                            settings.storage)  # fmt: skip
     results = _tuner(sweep, space, name, settings.storage, tracker, base).fit()
     summary = _summary(results, base, name, experiment, parent.run_id, skipped)
+    summary["usage"] = _usage(summary["trials"], sweep.gpus_per_trial)
     if summary["best"]:
         summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
         model = _best_model(summary["best"], base, settings.storage)
@@ -255,7 +268,8 @@ def _summary(results, base: TrainConfig, name: str, experiment: str, parent: str
                "status": "ERROR" if result.error else "TERMINATED",
                "stopped_early": bool(metrics) and not metrics.get("completed", False),
                "epochs": metrics.get("epoch"), best_key: metrics.get(best_key),
-               "checkpoint_path": metrics.get("checkpoint_path")}  # fmt: skip
+               "checkpoint_path": metrics.get("checkpoint_path"),
+               "time_total_s": metrics.get("time_total_s")}  # fmt: skip
         trials.append(row)
         value = row[best_key]
         usable = value is not None and math.isfinite(value) and row["checkpoint_path"]
@@ -267,6 +281,12 @@ def _summary(results, base: TrainConfig, name: str, experiment: str, parent: str
                     "val": {TASK_METRIC[base.task]: best[best_key]}, "checkpoint": best["checkpoint_path"]}  # fmt: skip
     return {"sweep": name, "experiment": experiment, "parent_run_id": parent, "trials": trials,
             "best": best_out, "skipped_pretrained": skipped}  # fmt: skip
+
+
+def _usage(trials: list[dict[str, Any]], gpus_per_trial: float) -> dict[str, float]:
+    """Trial wall-clock hours, and GPU-hours (each trial held ``gpus_per_trial`` GPUs)."""
+    hours = sum(t.get("time_total_s") or 0.0 for t in trials) / 3600
+    return {"trial_hours": hours, "gpu_hours": hours * gpus_per_trial}
 
 
 def _test_best(best: dict[str, Any], base: TrainConfig, storage: str) -> dict[str, Any]:

@@ -55,6 +55,16 @@ class Space:
         """The discrete values of ``key`` (grid, choice or value), None for a range or absence."""
         return _values(self.params.get(key))
 
+    def fix(self, values: dict[str, Any]) -> Space:
+        """The space with some settings pinned to one value (a benchmark's ``fix``)."""
+        params = dict(self.params)
+        for key, value in values.items():
+            where = f"{self.path}: fix.{key}"
+            if key not in TUNABLE:
+                raise SpaceError(f"{where}: unknown setting; tunable: {sorted(TUNABLE)}")
+            params[key] = {"value": _check_value(where, key, value)}
+        return Space(self.name, self.path, self.task, params, self.description)
+
     def resolve(
         self, unfreeze_choices: list[int | str], study_unfreeze: int | None, pretrained_ok: bool
     ) -> Space:

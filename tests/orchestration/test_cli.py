@@ -15,7 +15,7 @@ from orchestration.cli import app
 from orchestration.settings import Settings
 
 runner = CliRunner()
-VERBS = ("catalog", "synth", "prepare", "train", "tune", "models", "ui")
+VERBS = ("catalog", "synth", "prepare", "train", "tune", "benchmark", "report", "models", "ui")
 
 
 def test_help_lists_every_verb() -> None:

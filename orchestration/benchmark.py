@@ -1,0 +1,189 @@
+"""``mammobench benchmark``: the whole study in one command.
+
+Prepare the data (skipped when the shards of this config are already there), then one sweep per
+architecture x setting of the benchmark config, all in the MLflow experiment ``benchmark-<config>``:
+the benchmark run is the top parent, each sweep's parent run is nested under it and the trials under
+those. Pretrained sweeps without obtainable weights are recorded as skipped, with the reason. A
+resumed benchmark skips finished sweeps and resumes the interrupted one. The leaderboard is read
+back from MLflow and written beside the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models import ModelSpec, weights_available
+from orchestration import tracking
+from orchestration.leaderboard import leaderboard, write_leaderboard
+from orchestration.settings import Settings
+from orchestration.tune import ClusterTooSmall, SweepConfig, max_concurrent_trials, run_sweep
+from search_spaces.benchmarks import Benchmark, BenchmarkRun
+
+SYNTH_DONE = ".synth-complete"
+
+
+@dataclass(frozen=True)
+class BenchmarkJob:
+    """What ``mammobench benchmark`` was asked to do."""
+
+    bench: Benchmark
+    data: Path | None = None  # a CBIS-DDSM download, or prepared shards (manifest.json)
+    prep: Path | None = None  # where to prepare a download [default: <home>/prepared/<config>]
+    name: str | None = None
+    resume: bool = False
+    weights_dir: str | None = None
+
+    @property
+    def experiment(self) -> str:
+        return f"benchmark-{self.bench.name}"
+
+
+def run_benchmark(job: BenchmarkJob, settings: Settings, echo: Callable[[str], None] = print
+                  ) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) a benchmark; return its leaderboard rows and where its files went."""
+    client = tracking.client_for(settings.tracking_uri)
+    local = settings.tracking_uri.startswith("sqlite:")
+    exp_id = tracking.experiment_id(
+        client, job.experiment, settings.artifact_root if local else None
+    )
+    name = benchmark_name(job, client, exp_id)
+    prep = prepared_data(job, settings, echo)
+    top = tracking.SweepRun.open(client, exp_id, name, resume=job.resume, kind="benchmark",
+                                 tags={"mammobench.config": job.bench.path})  # fmt: skip
+    top.log_config({"config": job.bench.name, "prepared": str(prep), "prepare": job.bench.prepare,
+                    "sweeps": len(job.bench.runs)}, job.bench.to_dict(), "benchmark.yaml")  # fmt: skip
+
+    def one(run: BenchmarkRun) -> bool:
+        return _run_one(job, run, name, prep, settings, top, echo)
+
+    with ThreadPoolExecutor(parallel_sweeps(job.bench), thread_name_prefix="sweep") as pool:
+        done = list(pool.map(one, job.bench.runs))
+    failed = [run.key for run, ok in zip(job.bench.runs, done, strict=True) if not ok]
+    rows = leaderboard(client, exp_id, top.run_id, [(r.model, r.setting) for r in job.bench.runs])
+    folder = settings.home / "benchmarks" / name
+    files = write_leaderboard(rows, folder)
+    tracking.log_files(client, top.run_id, files)
+    top.client.set_terminated(top.run_id, "FAILED" if failed else "FINISHED")
+    return {"name": name, "experiment": job.experiment, "run_id": top.run_id, "rows": rows,
+            "folder": str(folder), "failed": failed, "prepared": str(prep)}  # fmt: skip
+
+
+def parallel_sweeps(bench: Benchmark) -> int:
+    """Sweeps run at once: the config's ``parallel_sweeps``, as far as the cluster fits all their
+    trials (a sweep's own trials run in parallel already; on a CPU machine a trial uses one core)."""
+    import ray
+
+    if bench.parallel_sweeps == 1:
+        return 1
+    per_sweep = max(r.sweep.get("max_concurrent") or r.sweep.get("samples", 1) for r in bench.runs)
+    workers = max(r.sweep.get("workers", 1) for r in bench.runs)
+    gpus = max(r.sweep.get("gpus_per_trial", 0) for r in bench.runs) / workers
+    try:
+        fit = max_concurrent_trials(ray.cluster_resources(), workers, 1.0, gpus)
+    except ClusterTooSmall:
+        return 1
+    return max(1, min(bench.parallel_sweeps, fit // per_sweep))
+
+
+def benchmark_name(job: BenchmarkJob, client, exp_id: str) -> str:
+    """The given name; on resume without one, the newest benchmark of this config."""
+    if job.name:
+        return job.name
+    if job.resume:
+        found = tracking.find_runs(client, exp_id, {tracking.KIND_TAG: "benchmark"})
+        if not found:
+            raise FileNotFoundError(f"no {job.experiment} benchmark to resume")
+        return found[0].data.tags[tracking.BENCH_TAG]
+    return f"{job.bench.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepared_data(job: BenchmarkJob, settings: Settings, echo: Callable[[str], None]) -> Path:
+    """The prepared shards: given, already there for this config and data, or made now."""
+    if job.data is not None and (job.data / "manifest.json").is_file():
+        return job.data.resolve()
+    data = job.data
+    if data is None:
+        if not job.bench.synth:
+            raise ValueError(f"{job.bench.path}: no synth section: pass --data (a CBIS-DDSM "
+                             "download or prepared shards)")  # fmt: skip
+        data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
+    out = (job.prep or settings.home / "prepared" / job.bench.name).resolve()
+    return prepare_once(data, out, job.bench.prepare, echo)
+
+
+def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) -> Path:
+    """The demo's synthetic download, written once (same seed, same bytes)."""
+    from data_pipeline.synth import SynthConfig, make_synthetic
+
+    if not (out / SYNTH_DONE).is_file():
+        echo(f"synthesising a CBIS-shaped dataset of {synth.get('patients', 24)} patients in {out}")
+        make_synthetic(out, SynthConfig(**synth))
+        (out / SYNTH_DONE).write_text("")
+    return out
+
+
+def prepare_once(data: Path, out: Path, options: dict[str, Any],
+                 echo: Callable[[str], None]) -> Path:  # fmt: skip
+    """Prepare all tasks of ``data`` into ``out``, unless shards of the same inputs are there."""
+    import json
+
+    from data_pipeline.catalog import build_catalog
+    from data_pipeline.convert import prepare
+    from data_pipeline.prepare_plan import TASKS, PrepareConfig, fingerprint
+
+    cfg = PrepareConfig(tasks=TASKS, **options)
+    catalog = build_catalog(data, None, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old.get("fingerprint") == fingerprint(catalog, cfg) and set(old["tasks"]) >= set(TASKS):
+            echo(f"prepared data up to date: {out}")
+            return out
+    echo(f"preparing {data} into {out}")
+    prepare(catalog, out, cfg, print_fn=echo)
+    return out
+
+
+def _run_one(job: BenchmarkJob, run: BenchmarkRun, bench: str, prep: Path, settings: Settings,
+             top: tracking.SweepRun, echo: Callable[[str], None]) -> bool:  # fmt: skip
+    """One sweep of the benchmark; False when it failed (the benchmark goes on)."""
+    name = f"{bench}-{run.key}"
+    tags = {"mammobench.setting": run.setting, "mammobench.model": run.model,
+            "mammobench.task": run.task, tracking.BENCH_TAG: bench}  # fmt: skip
+    if tracking.sweep_done(top.client, top.experiment_id, name):
+        echo(f"{run.key}: finished in an earlier attempt, not re-run")
+        return True
+    if run.setting == "pretrained":
+        spec = ModelSpec(name=run.model, pretrained=True, weights_dir=job.weights_dir)
+        ok, reason = weights_available(spec)
+        if not ok:
+            echo(f"{run.key}: skipped: {reason.splitlines()[0]}")
+            tracking.record_outcome(top.client, top.experiment_id, name, top.run_id, tags,
+                                    skipped=reason)  # fmt: skip
+            return True
+    echo(f"{run.key}: sweeping {run.model} on {run.task} ({run.setting})")
+    try:
+        summary = run_sweep(_sweep_config(job, run, name, prep, top, tags), settings)
+    except Exception as exc:  # one broken architecture must not end a many-hour benchmark
+        echo(f"{run.key}: failed: {type(exc).__name__}: {exc}")
+        tracking.record_outcome(top.client, top.experiment_id, name, top.run_id, tags,
+                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return False
+    return summary["best"] is not None
+
+
+def _sweep_config(job: BenchmarkJob, run: BenchmarkRun, name: str, prep: Path,
+                  top: tracking.SweepRun, tags: dict[str, str]) -> SweepConfig:  # fmt: skip
+    sweep = dict(run.sweep)
+    fixed = {**sweep.pop("fix", {}), "pretrained": run.setting == "pretrained"}
+    train = {**sweep.pop("train", {}), "weights_dir": job.weights_dir}
+    exists = bool(tracking.find_runs(top.client, top.experiment_id,
+                                     {tracking.SWEEP_TAG: name, tracking.KIND_TAG: "sweep"}))  # fmt: skip
+    return SweepConfig(model=run.model, data=str(prep), task=run.task, name=name,
+                       resume=exists, experiment=job.experiment, parent_run=top.run_id,
+                       fixed=fixed, train=train, tags=tags, **sweep)  # fmt: skip

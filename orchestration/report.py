@@ -1,0 +1,109 @@
+"""``mammobench report``: one self-contained HTML file from the MLflow store.
+
+The leaderboard, each sweep's learning curves, and its best trial's validation plots (ROC curve and
+confusion matrix, segmentation overlays, detection examples), images embedded, so anyone can open
+it without a server.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestration import tracking
+from orchestration.leaderboard import HEADER, cells, leaderboard
+
+SWEEP_PLOTS = ("plots/learning_curves.png", "plots/trials_comparison.png")
+TRIAL_PLOTS = ("plots/roc_curve.png", "plots/confusion_matrix.png", "plots/mask_overlays.png",
+               "plots/detections.png")  # fmt: skip
+
+
+def find_experiment(client, name: str | None):
+    """The named experiment, or the newest benchmark experiment (else the newest of any)."""
+    if name:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise ValueError(f"no MLflow experiment named {name!r} in {client.tracking_uri}")
+        return found
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    if not experiments:
+        raise ValueError(
+            f"no mammobench experiment in {client.tracking_uri}: run a benchmark first"
+        )
+    benchmarks = [e for e in experiments if e.name.startswith("benchmark-")]
+    return max(benchmarks or experiments, key=lambda e: e.creation_time or 0)
+
+
+def write_report(client, experiment: str | None, out: Path | None, home: Path,
+                 run_id: str | None = None) -> Path:  # fmt: skip
+    """Write ``report.html`` for a benchmark run (default: the experiment's newest; without
+    benchmark runs, every sweep of the experiment)."""
+    exp = find_experiment(client, experiment)
+    tops = tracking.find_runs(client, exp.experiment_id, {tracking.KIND_TAG: "benchmark"})
+    top = next((t for t in tops if t.info.run_id == run_id), None) if run_id else None
+    top = top or (tops[0] if tops else None)
+    title = top.data.tags[tracking.BENCH_TAG] if top else exp.name
+    folder = out or home / ("benchmarks" if top else "reports") / title
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = leaderboard(client, exp.experiment_id, top.info.run_id if top else None)
+    with tempfile.TemporaryDirectory(prefix="mammobench-report-") as tmp:
+        sections = [_sweep_section(client, exp.experiment_id, row, Path(tmp)) for row in rows]
+    page = _page(title, exp.name, rows, sections, client.tracking_uri)
+    path = folder / "report.html"
+    path.write_text(page)
+    return path
+
+
+def _sweep_section(client, exp_id: str, row: dict[str, Any], tmp: Path) -> str:
+    heading = (
+        f"<h2>{_e(row['model'])} &middot; {_e(row['task'])} &middot; {_e(row['setting'])}</h2>"
+    )
+    if row["status"] != "done":
+        return f"{heading}<p>{_e(row['status'])}: {_e(row['note'] or '')}</p>"
+    run_id = row["sweep_run_id"]
+    images = [_image(client, run_id, path, tmp) for path in SWEEP_PLOTS]
+    best = client.get_run(run_id).data.tags.get(tracking.BEST_TAG)
+    trials = tracking.find_runs(client, exp_id, {tracking.PARENT_TAG: run_id,
+                                                 tracking.TRIAL_TAG: best or "-"})  # fmt: skip
+    if trials:
+        images += [_image(client, trials[0].info.run_id, path, tmp) for path in TRIAL_PLOTS]
+        heading += f"<p>best trial: {_e(trials[0].info.run_name)} (validation plots)</p>"
+    return heading + "".join(i for i in images if i)
+
+
+def _image(client, run_id: str, path: str, tmp: Path) -> str:
+    local = tracking.fetch_artifact(client, run_id, path, tmp / run_id)
+    if local is None:
+        return ""
+    data = base64.b64encode(local.read_bytes()).decode()
+    return f'<img alt="{_e(path)}" src="data:image/png;base64,{data}">'
+
+
+def _page(title: str, experiment: str, rows: list[dict[str, Any]], sections: list[str],
+          store: str) -> str:  # fmt: skip
+    head = "".join(f"<th>{_e(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells(r)) + "</tr>" for r in rows)
+    notes = "".join(f"<li><b>{_e(r['model'])} ({_e(r['setting'])})</b> {_e(r['status'])}: "
+                    f"{_e(r['note'])}</li>" for r in rows if r["note"])  # fmt: skip
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>mammobench report: {_e(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:480px;margin:4px}}</style>
+</head><body>
+<h1>mammobench: {_e(title)}</h1>
+<p>MLflow experiment <code>{_e(experiment)}</code> in <code>{_e(store)}</code>;
+written {time.strftime("%Y-%m-%d %H:%M")}. Published figures are the study's test results;
+ours are the best trial (by validation metric) tested once, with 95% bootstrap CIs over patients.</p>
+<table><tr>{head}</tr>{body}</table>
+{"<ul>" + notes + "</ul>" if notes else ""}
+{"".join(sections)}
+</body></html>
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))

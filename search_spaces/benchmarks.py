@@ -1,0 +1,160 @@
+"""Benchmark configs: which sweeps a study runs, at which sizes and resources. Data only.
+
+A benchmark file (``search_spaces/benchmarks/*.yaml``, or any path) has::
+
+    prepare: {cls_size: 224, seg_size: 512, det_size: 1024}   # image sizes of the shards
+    synth: {patients: 40, seed: 0}          # optional: synthesise the dataset first (the demo)
+    defaults: {samples: 8, max_epochs: 50, gpus_per_trial: 1, fix: {}, train: {}}
+    runs:
+      - {model: vgg16, task: classification, settings: [scratch, pretrained]}
+
+Each run becomes one sweep per setting (``scratch``/``pretrained``, both by default) with the
+run's keys over ``defaults``. ``fix`` pins space settings to one value; ``train`` sets training
+options the space does not tune. ``published.yaml`` holds the study's published test figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search_spaces import SPACES_DIR, TUNABLE, SpaceError, _check_value
+
+BENCH_DIR = SPACES_DIR / "benchmarks"
+SETTINGS = ("scratch", "pretrained")
+TOP_KEYS = {"description", "synth", "prepare", "defaults", "runs", "parallel_sweeps"}
+SYNTH_KEYS = {"patients": int, "seed": int}
+PREPARE_KEYS = {"cls_size": int, "seg_size": int, "det_size": int, "lesion_type": str,
+                "cls_input": str, "label_map": str, "shard_size": int}  # fmt: skip
+SWEEP_KEYS = {"samples": int, "max_epochs": int, "scheduler": str, "search": str,
+              "grace_epochs": int, "workers": int, "gpus_per_trial": (int, float),
+              "max_failures": int, "max_concurrent": int, "space": str, "fix": dict,
+              "train": dict}  # fmt: skip
+RUN_KEYS = {"model": str, "task": str, "settings": list, **SWEEP_KEYS}
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """One sweep of a benchmark: an architecture on its task in one setting."""
+
+    model: str
+    task: str
+    setting: str
+    sweep: dict[str, Any]  # SWEEP_KEYS, defaults merged in
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}-{self.setting}"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A validated benchmark config."""
+
+    name: str
+    path: str
+    description: str
+    prepare: dict[str, Any]
+    synth: dict[str, Any] | None
+    runs: list[BenchmarkRun]
+    parallel_sweeps: int = 1  # sweeps at once (when the cluster fits their trials)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_benchmarks() -> list[str]:
+    """Names of the benchmark configs shipped in this package."""
+    return sorted(p.stem for p in BENCH_DIR.glob("*.yaml") if p.stem != "published")
+
+
+def load_benchmark(name_or_path: str | Path) -> Benchmark:
+    """Load a shipped benchmark by name, or any benchmark file by path, and validate it."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = BENCH_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise SpaceError(
+                f"unknown benchmark {name_or_path!r}; shipped: {available_benchmarks()}"
+            )
+    if not path.is_file():
+        raise SpaceError(f"{path}: no such benchmark file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    return _validate(data, path)
+
+
+def published(model: str, setting: str) -> dict[str, float]:
+    """The study's published test figures of an architecture in a setting (empty if none)."""
+    data = yaml.safe_load((BENCH_DIR / "published.yaml").read_text())
+    return dict((data.get(model) or {}).get(setting) or {})
+
+
+def _validate(data: Any, path: Path) -> Benchmark:
+    if not isinstance(data, dict):
+        raise SpaceError(f"{path}: a benchmark file is a mapping with keys {sorted(TOP_KEYS)}")
+    _known(path, "", data, dict.fromkeys(TOP_KEYS, object))
+    prepare = _typed(path, "prepare", data.get("prepare") or {}, PREPARE_KEYS)
+    synth = _typed(path, "synth", data["synth"], SYNTH_KEYS) if data.get("synth") else None
+    defaults = _sweep(path, "defaults", data.get("defaults") or {})
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise SpaceError(f"{path}: runs: must be a non-empty list of {{model, task, ...}}")
+    expanded = [run for i, raw in enumerate(runs) for run in _runs(path, i, raw, defaults)]
+    keys = [run.key for run in expanded]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise SpaceError(f"{path}: runs: {twice} listed more than once")
+    parallel = data.get("parallel_sweeps", 1)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise SpaceError(f"{path}: parallel_sweeps: {parallel!r} is not a positive integer")
+    return Benchmark(path.stem, str(path), str(data.get("description", "")).strip(), prepare,
+                     synth, expanded, parallel)  # fmt: skip
+
+
+def _runs(path: Path, index: int, raw: Any, defaults: dict[str, Any]) -> list[BenchmarkRun]:
+    where = f"runs[{index}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or "task" not in raw:
+        raise SpaceError(f"{path}: {where}: needs model and task")
+    _known(path, f"{where}.", raw, RUN_KEYS)
+    settings = raw.get("settings", list(SETTINGS))
+    bad = [s for s in settings if s not in SETTINGS] if isinstance(settings, list) else [settings]
+    if bad or not settings:
+        raise SpaceError(f"{path}: {where}.settings: {bad or settings!r}; use {list(SETTINGS)}")
+    own = _sweep(path, where, {k: v for k, v in raw.items() if k in SWEEP_KEYS})
+    sweep = defaults | own
+    for key in ("fix", "train"):
+        sweep[key] = {**defaults.get(key, {}), **own.get(key, {})}
+    return [BenchmarkRun(raw["model"], str(raw["task"]), s, sweep) for s in settings]
+
+
+def _sweep(path: Path, where: str, data: Any) -> dict[str, Any]:
+    sweep = _typed(path, where, data, SWEEP_KEYS)
+    for key, value in (sweep.get("fix") or {}).items():
+        if key not in TUNABLE:
+            raise SpaceError(
+                f"{path}: {where}.fix.{key}: unknown setting; tunable: {sorted(TUNABLE)}"
+            )
+        sweep["fix"][key] = _check_value(f"{path}: {where}.fix.{key}", key, value)
+    return sweep
+
+
+def _typed(path: Path, where: str, data: Any, keys: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SpaceError(f"{path}: {where}: must be a mapping")
+    _known(path, f"{where}.", data, keys)
+    for key, value in data.items():
+        if not isinstance(value, keys[key]) or isinstance(value, bool):
+            raise SpaceError(f"{path}: {where}.{key}: {value!r} is not a valid {key}")
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _known(path: Path, where: str, data: dict[str, Any], keys: dict[str, Any] | set) -> None:
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise SpaceError(f"{path}: {where}{unknown}: unknown key(s); allowed: {sorted(keys)}")

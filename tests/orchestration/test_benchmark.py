@@ -1,0 +1,162 @@
+"""``mammobench benchmark`` and ``report``: a tiny two-architecture benchmark, killed and resumed,
+on the shared local Ray cluster and a real MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestration.leaderboard import COLUMNS, markdown
+from search_spaces import SpaceError
+from search_spaces.benchmarks import available_benchmarks, load_benchmark
+from tests.orchestration.test_train import last_json
+
+TINY = """description: two architectures, three settings
+parallel_sweeps: 2
+defaults:
+  samples: 1
+  max_epochs: 2
+  scheduler: fifo
+  fix: {lr: 1.0e-3, batch_size: 16}
+  train: {bootstrap: 100}
+runs:
+  - {model: mobilenetv2, task: classification}
+  - {model: unet, task: segmentation, settings: [scratch], fix: {batch_size: 8}}
+"""
+SWEEP, PARENT = "mammobench.sweep", "mlflow.parentRunId"
+
+
+def _sweeps(client: MlflowClient) -> dict[str, object]:
+    exp = client.get_experiment_by_name("benchmark-tiny")
+    runs = (
+        client.search_runs([exp.experiment_id], "tags.`mammobench.kind` = 'sweep'") if exp else []
+    )
+    return {r.data.tags[SWEEP]: r for r in runs}
+
+
+def _children(client: MlflowClient, run) -> list:
+    return client.search_runs([run.info.experiment_id], f"tags.`{PARENT}` = '{run.info.run_id}'")
+
+
+def test_killed_benchmark_resumes_without_rerunning_finished_sweeps(
+    prepared_small: Path, tmp_path: Path, ray_local: str
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    env = {**os.environ, "RAY_ADDRESS": ray_local, "MAMMOBENCH_HOME": str(tmp_path)}
+    cmd = [str(Path(sys.executable).parent / "mammobench"), "benchmark", "--config", str(config),
+           "--data", str(prepared_small), "--name", "b1", "--json"]  # fmt: skip
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.search_experiments(max_results=1)  # the schema exists before two processes poll it
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = "b1-mobilenetv2-scratch"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not _finished(client, first):
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _finished(client, first), "the first sweep did not finish before the deadline"
+    kept = _sweeps(client)[first]
+    trials_before = {r.info.run_id for r in _children(client, kept)}
+
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "finished in an earlier attempt, not re-run" in done.stdout
+    result = last_json(done.stdout)
+    sweeps = _sweeps(client)
+    assert sweeps[first].info.run_id == kept.info.run_id
+    assert {r.info.run_id for r in _children(client, sweeps[first])} == trials_before
+    _check_hierarchy(client, result["run_id"], sweeps)
+    _check_leaderboard(result, Path(result["folder"]))
+    _check_report(Path(result["report"]))
+
+
+def _finished(client: MlflowClient, name: str) -> bool:
+    run = _sweeps(client).get(name)
+    return run is not None and run.info.status == "FINISHED"
+
+
+def _check_hierarchy(client: MlflowClient, top: str, sweeps: dict) -> None:
+    assert set(sweeps) == {"b1-mobilenetv2-scratch", "b1-mobilenetv2-pretrained", "b1-unet-scratch"}
+    assert client.get_run(top).info.status == "FINISHED"
+    assert {"leaderboard.csv", "leaderboard.md"} <= {a.path for a in client.list_artifacts(top)}
+    for name, run in sweeps.items():
+        assert run.data.tags[PARENT] == top
+        trials = _children(client, run)
+        if name.endswith("pretrained"):  # no weights here: recorded, never run with random ones
+            assert not trials and "weights" in run.data.tags["mammobench.skipped"]
+        else:
+            assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+
+
+def _check_leaderboard(result: dict, folder: Path) -> None:
+    with (folder / "leaderboard.csv").open() as handle:
+        rows = {(r["model"], r["setting"]): r for r in csv.DictReader(handle)}
+    assert set(rows) == {("mobilenetv2", "scratch"), ("mobilenetv2", "pretrained"),
+                         ("unet", "scratch")}  # fmt: skip
+    cls, skipped, seg = rows["mobilenetv2", "scratch"], rows["mobilenetv2", "pretrained"], rows[
+        "unet", "scratch"]  # fmt: skip
+    assert cls["status"] == "done" and cls["published"] == "0.5105"  # the study's scratch figure
+    low, test, high = (float(cls[k]) for k in ("test_ci_low", "test", "test_ci_high"))
+    assert 0 <= low <= test <= high <= 1 and 0 <= float(cls["auc"]) <= 1
+    assert float(cls["trial_hours"]) > 0 and float(cls["gpu_hours"]) == 0  # CPU only
+    assert "lr=0.001" in cls["best_params"]
+    assert skipped["status"] == "skipped" and skipped["published"] == "0.6294"
+    assert seg["status"] == "done" and seg["published"] == "0.8402" and 0 <= float(seg["test"]) <= 1
+    text = (folder / "leaderboard.md").read_text()
+    assert "| mobilenetv2 | classification | pretrained | 62.94% | skipped |" in text
+    assert result["failed"] == []
+
+
+def _check_report(path: Path) -> None:
+    page = path.read_text()
+    assert page.startswith("<!doctype html>")
+    assert page.count("data:image/png;base64,") >= 3  # curves, ROC, confusion matrix, overlays
+    assert "mobilenetv2" in page and "unet" in page
+
+
+@pytest.mark.parametrize("name", available_benchmarks())
+def test_shipped_benchmarks_load(name: str) -> None:
+    bench = load_benchmark(name)
+    keys = {(r.model, r.setting) for r in bench.runs}
+    for model in ("vgg16", "resnet50", "densenet121", "mobilenetv2", "vit_b16"):
+        assert {(model, "scratch"), (model, "pretrained")} <= keys
+    assert {r.task for r in bench.runs} == {"classification", "segmentation", "detection"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("runs: []\n", "runs: must be a non-empty list"),
+        ("runs:\n  - {model: vgg16}\n", r"runs\[0\]: needs model and task"),
+        ("runs:\n  - {model: vgg16, task: classification, settings: [imagenet]}\n",
+         r"runs\[0\]\.settings: \['imagenet'\]"),
+        ("runs:\n  - {model: vgg16, task: classification, epochs: 3}\n", r"\['epochs'\]: unknown"),
+        ("defaults: {fix: {lr: fast}}\nruns:\n  - {model: vgg16, task: classification}\n",
+         r"defaults\.fix\.lr: 'fast'"),
+        ("runs:\n  - {model: vgg16, task: classification}\n"
+         "  - {model: vgg16, task: classification, settings: [scratch]}\n", "more than once"),
+    ],
+)  # fmt: skip
+def test_bad_benchmark_files_name_file_and_key(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(body)
+    with pytest.raises(SpaceError, match=rf"bench\.yaml: .*{message}"):
+        load_benchmark(path)
+
+
+def test_markdown_lists_skipped_rows_with_their_reason() -> None:
+    row = dict.fromkeys(COLUMNS) | {"model": "vgg16", "task": "classification",
+           "setting": "pretrained", "status": "skipped", "metric": "accuracy",
+           "published": 0.7739, "note": "no weights file vgg16.pth in /w", "published_other": ""}  # fmt: skip
+    text = markdown([row])
+    assert "| vgg16 | classification | pretrained | 77.39% | skipped |" in text
+    assert "**vgg16 (pretrained)** skipped: no weights file vgg16.pth in /w" in text
