@@ -77,19 +77,22 @@ def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _read_shards(paths: list[str], columns: list[str]):
-    """``read_parquet`` with Ray Data's V1 Parquet source.
+    """``read_parquet`` with Ray Data's V1 Parquet source, without progress bars.
 
     The V2 source starts a pool of footer-reader actors (new processes) on every execution, and
     the training stream is re-executed every epoch: that cost ~8 s per epoch on small data here.
+    Per-epoch progress bars of every trial would bury Tune's status table; the dataset keeps a
+    copy of the context it was made in, so the settings stay with it.
     """
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    saved = ctx.use_datasource_v2, ctx.enable_progress_bars
+    ctx.use_datasource_v2, ctx.enable_progress_bars = False, False
     try:
         return ray.data.read_parquet(paths, columns=columns)
     finally:
-        ctx.use_datasource_v2 = v2
+        ctx.use_datasource_v2, ctx.enable_progress_bars = saved
 
 
 def oversampling(cfg: TrainConfig) -> dict[int, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -260,6 +261,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     config = dict(config)
     class_weights = config.pop("_class_weights", None)
     cfg = TrainConfig.from_dict(config)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # iteration bars, per epoch
     torch.manual_seed(cfg.seed)
     job = _Job.build(cfg, class_weights)
     loop, best = _restore(job.model, job.optimizer, job.scheduler, job.scaler)

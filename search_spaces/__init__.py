@@ -16,6 +16,7 @@ setting closest to the study's). ``resolve`` fits a space to one architecture.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,18 +113,24 @@ def default_space(task: str, model: str) -> str:
 
 def load_space(name_or_path: str | Path) -> Space:
     """Load a shipped space by name, or any space file by path, and validate it."""
+    path, data = read_yaml(name_or_path, SPACES_DIR, "space", available_spaces)
+    return _validate(data, path)
+
+
+def read_yaml(name_or_path: str | Path, shipped_dir: Path, kind: str,
+              available: Callable[[], list[str]]) -> tuple[Path, Any]:  # fmt: skip
+    """A shipped ``kind`` file by name (``shipped_dir/<name>.yaml``), or any file by path, parsed."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = SPACES_DIR / f"{name_or_path}.yaml"
+        path = shipped_dir / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise SpaceError(f"unknown space {name_or_path!r}; shipped: {available_spaces()}")
+            raise SpaceError(f"unknown {kind} {name_or_path!r}; shipped: {available()}")
     if not path.is_file():
-        raise SpaceError(f"{path}: no such space file")
+        raise SpaceError(f"{path}: no such {kind} file")
     try:
-        data = yaml.safe_load(path.read_text())
+        return path, yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from None
-    return _validate(data, path)
 
 
 def _validate(data: Any, path: Path) -> Space:

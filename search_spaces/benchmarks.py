@@ -21,14 +21,15 @@ from typing import Any
 
 import yaml
 
-from search_spaces import SPACES_DIR, TUNABLE, SpaceError, _check_value
+from search_spaces import SPACES_DIR, TUNABLE, SpaceError, _check_value, read_yaml
 
 BENCH_DIR = SPACES_DIR / "benchmarks"
 SETTINGS = ("scratch", "pretrained")
 TOP_KEYS = {"description", "synth", "prepare", "defaults", "runs", "parallel_sweeps"}
 SYNTH_KEYS = {"patients": int, "seed": int}
 PREPARE_KEYS = {"cls_size": int, "seg_size": int, "det_size": int, "lesion_type": str,
-                "cls_input": str, "label_map": str, "shard_size": int}  # fmt: skip
+                "cls_input": str, "label_map": str, "shard_size": int,
+                "val_fraction": (float, int)}  # fmt: skip
 SWEEP_KEYS = {"samples": int, "max_epochs": int, "scheduler": str, "search": str,
               "grace_epochs": int, "workers": int, "gpus_per_trial": (int, float),
               "max_failures": int, "max_concurrent": int, "space": str, "fix": dict,
@@ -73,19 +74,7 @@ def available_benchmarks() -> list[str]:
 
 def load_benchmark(name_or_path: str | Path) -> Benchmark:
     """Load a shipped benchmark by name, or any benchmark file by path, and validate it."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = BENCH_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise SpaceError(
-                f"unknown benchmark {name_or_path!r}; shipped: {available_benchmarks()}"
-            )
-    if not path.is_file():
-        raise SpaceError(f"{path}: no such benchmark file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+    path, data = read_yaml(name_or_path, BENCH_DIR, "benchmark", available_benchmarks)
     return _validate(data, path)
 
 

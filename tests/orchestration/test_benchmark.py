@@ -142,6 +142,8 @@ def test_shipped_benchmarks_load(name: str) -> None:
         ("runs:\n  - {model: vgg16, task: classification, epochs: 3}\n", r"\['epochs'\]: unknown"),
         ("defaults: {fix: {lr: fast}}\nruns:\n  - {model: vgg16, task: classification}\n",
          r"defaults\.fix\.lr: 'fast'"),
+        ("prepare: {val_fraction: most}\nruns:\n  - {model: vgg16, task: classification}\n",
+         r"prepare\.val_fraction: 'most' is not a valid val_fraction"),
         ("runs:\n  - {model: vgg16, task: classification}\n"
          "  - {model: vgg16, task: classification, settings: [scratch]}\n", "more than once"),
     ],
@@ -151,6 +153,16 @@ def test_bad_benchmark_files_name_file_and_key(tmp_path: Path, body: str, messag
     path.write_text(body)
     with pytest.raises(SpaceError, match=rf"bench\.yaml: .*{message}"):
         load_benchmark(path)
+
+
+def test_unknown_or_unreadable_benchmark_names_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match=r"unknown benchmark 'nope'; shipped: .*'demo'"):
+        load_benchmark("nope")
+    with pytest.raises(SpaceError, match=r"missing\.yaml: no such benchmark file"):
+        load_benchmark(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("runs: [\n")
+    with pytest.raises(SpaceError, match=r"broken\.yaml: not valid YAML"):
+        load_benchmark(tmp_path / "broken.yaml")
 
 
 def test_markdown_lists_skipped_rows_with_their_reason() -> None:
