@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.catalog import Catalog
 from data_pipeline.prepare_plan import SPLITS, PrepareConfig, fingerprint, plan_items, shard_specs
+from data_pipeline.ray_data import data_context
 from data_pipeline.samples import Quarantined, convert_item
 
 STATE = ".prepare-state.json"
@@ -95,8 +96,11 @@ def _run_shards(specs, root: Path, out: Path, cfg: PrepareConfig, workers: int |
         return {"result": json.dumps(write_shard(json.loads(row["spec"]), **args))}
 
     rows = [{"spec": json.dumps(s)} for s in specs]
-    ds = ray.data.from_items(rows, override_num_blocks=len(specs))
-    ds = ds.map(convert, compute=ray.data.TaskPoolStrategy(size=workers))
+    # Without per-operator reservations every worker starts at once; with them Ray Data runs one
+    # task until it has seen an output size. Outputs are small JSON rows: memory is not at stake.
+    with data_context(op_resource_reservation_enabled=False):
+        ds = ray.data.from_items(rows, override_num_blocks=len(specs))
+        ds = ds.map(convert, compute=ray.data.TaskPoolStrategy(size=workers))
     return [json.loads(row["result"]) for row in ds.iter_rows()]
 
 

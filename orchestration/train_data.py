@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from data_pipeline.augment import decode_batch, oversample, study_augmentation
+from data_pipeline.ray_data import data_context
 from orchestration.train_config import TrainConfig, shard_paths
 
 KEEP = ("image", "label", "patient_id", "mask", "boxes", "box_labels")
@@ -86,13 +87,8 @@ def _read_shards(paths: list[str], columns: list[str]):
     """
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.use_datasource_v2, ctx.enable_progress_bars
-    ctx.use_datasource_v2, ctx.enable_progress_bars = False, False
-    try:
+    with data_context(use_datasource_v2=False, enable_progress_bars=False):
         return ray.data.read_parquet(paths, columns=columns)
-    finally:
-        ctx.use_datasource_v2, ctx.enable_progress_bars = saved
 
 
 def oversampling(cfg: TrainConfig) -> dict[int, int]:
