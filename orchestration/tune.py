@@ -191,10 +191,12 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
     import ray
     from ray import tune
 
-    trainable = tune.with_resources(
-        tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage, sweep=name),
-        TRIAL_DRIVER_RESOURCES,
-    )
+    with_args = tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage,
+                                     sweep=name)  # fmt: skip
+    # Tune registers trainables by name in the cluster's KV store: sweeps running at once (a
+    # benchmark) would otherwise all run the arguments of whichever registered last.
+    with_args.__name__ = f"trial_{name}"
+    trainable = tune.with_resources(with_args, TRIAL_DRIVER_RESOURCES)
     path = f"{storage.rstrip('/')}/{name}"
     if sweep.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from models import build_model, trainable_params
 from orchestration.leaderboard import COLUMNS, markdown
+from orchestration.train_config import TrainConfig
 from search_spaces import SpaceError
 from search_spaces.benchmarks import available_benchmarks, load_benchmark
 from tests.orchestration.test_train import last_json
@@ -56,14 +58,17 @@ def test_killed_benchmark_resumes_without_rerunning_finished_sweeps(
            "--data", str(prepared_small), "--name", "b1", "--json"]  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.search_experiments(max_results=1)  # the schema exists before two processes poll it
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first-attempt.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     first = "b1-mobilenetv2-scratch"
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and not _finished(client, first):
         time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _finished(client, first), "the first sweep did not finish before the deadline"
+    tail = log.read_text(errors="replace")[-3000:]
+    assert _finished(client, first), f"the first sweep did not finish in time:\n{tail}"
     kept = _sweeps(client)[first]
     trials_before = {r.info.run_id for r in _children(client, kept)}
 
@@ -74,7 +79,7 @@ def test_killed_benchmark_resumes_without_rerunning_finished_sweeps(
     sweeps = _sweeps(client)
     assert sweeps[first].info.run_id == kept.info.run_id
     assert {r.info.run_id for r in _children(client, sweeps[first])} == trials_before
-    _check_hierarchy(client, result["run_id"], sweeps)
+    _check_hierarchy(client, result["run_id"], sweeps, prepared_small)
     _check_leaderboard(result, Path(result["folder"]))
     _check_report(Path(result["report"]))
 
@@ -84,7 +89,13 @@ def _finished(client: MlflowClient, name: str) -> bool:
     return run is not None and run.info.status == "FINISHED"
 
 
-def _check_hierarchy(client: MlflowClient, top: str, sweeps: dict) -> None:
+def _params_of(model: str, task: str, data: Path) -> str:
+    """Trainable parameters of ``model`` as a sweep on ``data`` builds it."""
+    spec = TrainConfig(model=model, data=str(data), task=task).with_manifest().model_spec()
+    return str(trainable_params(build_model(spec)))
+
+
+def _check_hierarchy(client: MlflowClient, top: str, sweeps: dict, data: Path) -> None:
     assert set(sweeps) == {"b1-mobilenetv2-scratch", "b1-mobilenetv2-pretrained", "b1-unet-scratch"}
     assert client.get_run(top).info.status == "FINISHED"
     assert {"leaderboard.csv", "leaderboard.md"} <= {a.path for a in client.list_artifacts(top)}
@@ -95,6 +106,9 @@ def _check_hierarchy(client: MlflowClient, top: str, sweeps: dict) -> None:
             assert not trials and "weights" in run.data.tags["mammobench.skipped"]
         else:
             assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+            # each sweep trained its own architecture (sweeps run at once in one process)
+            model, task = run.data.tags["mammobench.model"], run.data.tags["mammobench.task"]
+            assert trials[0].data.params["trainable_params"] == _params_of(model, task, data)
 
 
 def _check_leaderboard(result: dict, folder: Path) -> None:
