@@ -136,6 +136,10 @@ def prepare(
     """Convert a catalog into ``out``; return the manifest (also written to ``manifest.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     digest = fingerprint(catalog, cfg)
+    done = _finished_manifest(out, digest, cfg.tasks)
+    if done:  # every task already prepared from these inputs: no Ray work at all
+        print_fn(f"prepared data up to date: {out}")
+        return done
     _start_fresh_if_changed(out, print_fn, digest)
     manifest = _previous_manifest(out, digest)
     quarantine = _previous_quarantine(out, manifest, cfg.tasks)
@@ -150,6 +154,14 @@ def prepare(
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
     _write_quarantine(out / "quarantine.csv", quarantine)
     return manifest
+
+
+def _finished_manifest(out: Path, digest: str, tasks) -> dict[str, Any] | None:
+    """The manifest of a finished run with this fingerprint and every one of ``tasks``, if any."""
+    path = out / "manifest.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    ok = old.get("fingerprint") == digest and set(tasks) <= set(old.get("tasks", {}))
+    return old if ok else None
 
 
 def _previous_manifest(out: Path, digest: str) -> dict[str, Any]:

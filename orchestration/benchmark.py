@@ -129,21 +129,13 @@ def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) ->
 
 def prepare_once(data: Path, out: Path, options: dict[str, Any],
                  echo: Callable[[str], None]) -> Path:  # fmt: skip
-    """Prepare all tasks of ``data`` into ``out``, unless shards of the same inputs are there."""
-    import json
-
+    """Prepare all tasks of ``data`` into ``out`` (a no-op when shards of the same inputs are there)."""
     from data_pipeline.catalog import build_catalog
     from data_pipeline.convert import prepare
-    from data_pipeline.prepare_plan import TASKS, PrepareConfig, fingerprint
+    from data_pipeline.prepare_plan import TASKS, PrepareConfig
 
     cfg = PrepareConfig(tasks=TASKS, **options)
     catalog = build_catalog(data, None, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old.get("fingerprint") == fingerprint(catalog, cfg) and set(old["tasks"]) >= set(TASKS):
-            echo(f"prepared data up to date: {out}")
-            return out
     echo(f"preparing {data} into {out}")
     prepare(catalog, out, cfg, print_fn=echo)
     return out
