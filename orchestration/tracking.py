@@ -207,10 +207,13 @@ class SweepRun:
         """Log the best model on the parent run and register it with its test metrics."""
         requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "timm",
                         "segmentation-models-pytorch", "torchvision")]  # fmt: skip
-        with mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id):
+        mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id)
+        try:
             info = mlflow.pytorch.log_model(model, name="best_model", registered_model_name=name,
                                             pip_requirements=requirements,
                                             serialization_format="pickle")  # fmt: skip
+        finally:  # still running: ``finish`` ends it after the test metrics, with its real status
+            mlflow.end_run(status="RUNNING")
         version = str(info.registered_model_version)
         for key, value in scalar_metrics(test, "test_").items():
             self.client.set_model_version_tag(name, version, key, f"{value:.4f}")
