@@ -15,6 +15,13 @@ REAL_CSV_DIR = TEST_DATA / "cbis-ddsm"
 REFERENCE = REPO.parent / "shared" / "reference" / "cbis-ddsm"
 
 
+@pytest.fixture(autouse=True)
+def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI: a test's store must not become
+    the store of a later test's subprocesses (undone after every test)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def real_csv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four official case-description CSVs (and nothing else) in one folder."""

@@ -65,7 +65,6 @@ def test_missing_data_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_global_options_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("MAMMOBENCH_HOME", str(tmp_path / "home"))
     local = Settings.resolve()

@@ -31,7 +31,6 @@ def _get(url: str, host: str | None = None) -> int:
 def test_ui_answers_on_loopback_and_refuses_foreign_host(tmp_path: Path) -> None:
     port = _free_port()
     env = {**os.environ, "MAMMOBENCH_HOME": str(tmp_path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
     exe = Path(sys.executable).parent / "mammobench"
     proc = subprocess.Popen(
         [exe, "ui", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True,
