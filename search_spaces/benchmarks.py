@@ -15,6 +15,7 @@ options the space does not tune. ``published.yaml`` holds the study's published 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,12 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
 
 def published(model: str, setting: str) -> dict[str, float]:
     """The study's published test figures of an architecture in a setting (empty if none)."""
-    data = yaml.safe_load((BENCH_DIR / "published.yaml").read_text())
-    return dict((data.get(model) or {}).get(setting) or {})
+    return dict((_published_table().get(model) or {}).get(setting) or {})
+
+
+@functools.cache
+def _published_table() -> dict[str, Any]:
+    return yaml.safe_load((BENCH_DIR / "published.yaml").read_text())
 
 
 def _validate(data: Any, path: Path) -> Benchmark:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from search_spaces import SpaceError, available_spaces, default_space, load_space
+from search_spaces.benchmarks import published
 
 CHOICES = [*range(18), "all"]
 
@@ -83,3 +84,12 @@ def _write(folder: Path, body: str) -> Path:
     path = folder / "space.yaml"
     path.write_text("task: classification\n" + body)
     return path
+
+
+def test_published_figures_are_the_studys_and_callers_cannot_change_them() -> None:
+    figures = published("vgg16", "pretrained")
+    assert figures == {"accuracy": 0.7739}  # the study's transfer-learning VGG16 test accuracy
+    figures["accuracy"] = 0.0
+    assert published("vgg16", "pretrained") == {"accuracy": 0.7739}
+    assert published("unet", "scratch")["dice"] == 0.8402
+    assert published("fasterrcnn_mobilenet", "scratch") == {}  # the study published no detection
