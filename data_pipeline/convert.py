@@ -96,9 +96,12 @@ def _run_shards(specs, root: Path, out: Path, cfg: PrepareConfig, workers: int |
         return {"result": json.dumps(write_shard(json.loads(row["spec"]), **args))}
 
     rows = [{"spec": json.dumps(s)} for s in specs]
-    # Without per-operator reservations every worker starts at once; with them Ray Data runs one
-    # task until it has seen an output size. Outputs are small JSON rows: memory is not at stake.
-    with data_context(op_resource_reservation_enabled=False):
+    # Outputs are small JSON rows: memory is not at stake, so no backpressure is wanted. With
+    # per-operator reservations Ray Data runs one task until it has seen an output size; the
+    # downstream-capacity policy (outputs vs the consumer's in-flight bytes) later falls back to
+    # one task at a time, as the driver's loop holds almost nothing in flight.
+    with data_context(op_resource_reservation_enabled=False,
+                      downstream_capacity_backpressure_ratio=None):  # fmt: skip
         ds = ray.data.from_items(rows, override_num_blocks=len(specs))
         ds = ds.map(convert, compute=ray.data.TaskPoolStrategy(size=workers))
     return [json.loads(row["result"]) for row in ds.iter_rows()]

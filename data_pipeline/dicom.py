@@ -1,9 +1,10 @@
 """Decode CBIS-DDSM DICOM files into display-ready numpy arrays, quickly and with specific errors.
 
 CBIS-DDSM originals are uncompressed 16-bit MONOCHROME2 Secondary Captures, 25-30 MB each; copies
-found elsewhere are often re-encoded (RLE, JPEG 2000). For uncompressed little-endian files the
-pixel bytes are viewed with ``np.frombuffer`` (``Dataset.pixel_array`` costs several times more);
-every other transfer syntax goes through pydicom's decoders and their pylibjpeg plugins.
+found elsewhere are often re-encoded (RLE, JPEG 2000). For uncompressed little-endian files pydicom
+defers the pixel data and the file is memory-mapped instead: no copy, and only the pages a caller
+touches are read (a lesion crop reads its rows; ``Dataset.pixel_array`` costs several times more).
+Every other transfer syntax goes through pydicom's decoders and their pylibjpeg plugins.
 
 Every failure raises ``DicomError`` whose ``reason`` is short, specific and free of header values
 (no names, dates or UIDs): the caller adds the file path and quarantines the file.
@@ -11,6 +12,7 @@ Every failure raises ``DicomError`` whose ``reason`` is short, specific and free
 
 from __future__ import annotations
 
+import mmap
 import warnings
 from os import PathLike
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_voi_lut, get_decoder
@@ -38,6 +41,7 @@ FAST_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 MAMMO_VIEWS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "AT"})
 _TRUNCATION_WARNING = "End of file reached"
+_DEFER_BYTES = 1024  # pixel data (and any other value) above this size is left in the file
 
 
 class DicomError(Exception):
@@ -60,13 +64,13 @@ def read_image(path: PathArg) -> np.ndarray:
 
     Returns:
         A 2-D Rows x Columns array, ``uint16`` for BitsAllocated 16 and ``uint8`` for 8. On the
-        uncompressed fast path it may be a read-only view of the file's bytes.
+        uncompressed fast path it may be a read-only view of the file, mapped into memory.
 
     Raises:
         DicomError: the file is missing, not DICOM, truncated, has no or undecodable pixel data,
             or is not a single-frame greyscale image.
     """
-    ds = _read_dataset(path, stop_before_pixels=False)
+    ds = _read_dataset(path, stop_before_pixels=False, defer=True)
     return _to_display(ds, _stored_pixels(ds))
 
 
@@ -110,7 +114,7 @@ def classify_roi(path: PathArg) -> str:
     Raises:
         DicomError: unreadable file, or an 8-bit image that is not binary (neither kind).
     """
-    ds = _read_dataset(path, stop_before_pixels=False)
+    ds = _read_dataset(path, stop_before_pixels=False, defer=True)
     pixels = _stored_pixels(ds)
     binary = bool(np.all((pixels == 0) | (pixels == 255)))
     if binary:
@@ -153,8 +157,10 @@ def align_mask(
     return resized.astype(bool) if mask.dtype == bool else resized
 
 
-def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
+def _read_dataset(path: PathArg, *, stop_before_pixels: bool, defer: bool = False) -> Dataset:
     """``dcmread`` with its failures turned into reasons; truncation warnings become errors.
+
+    ``defer`` leaves large values (the pixel data) unread: see ``_pixel_bytes``.
 
     ``catch_warnings`` swaps process-global state: call from one thread per process (as Ray
     Data tasks do).
@@ -162,7 +168,8 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels,
+                                 defer_size=_DEFER_BYTES if defer else None)  # fmt: skip
         except FileNotFoundError:
             raise DicomError("file not found") from None
         except IsADirectoryError:
@@ -213,9 +220,7 @@ def _check_single_grey_frame(ds: Dataset) -> None:
 
 def _raw_pixels(ds: Dataset) -> np.ndarray:
     """View uncompressed little-endian pixel bytes as an array, without copying."""
-    element = ds.get_item(PIXEL_DATA_TAG)
-    declared = getattr(element, "length", None)
-    data = ds.PixelData
+    data, declared = _pixel_bytes(ds)
     rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
     expected = rows * columns * bits // 8
     if declared is not None and len(data) < declared:
@@ -228,6 +233,25 @@ def _raw_pixels(ds: Dataset) -> np.ndarray:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     return np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+
+
+def _pixel_bytes(ds: Dataset) -> tuple[memoryview | bytes, int | None]:
+    """The uncompressed pixel bytes and their declared length.
+
+    Deferred by pydicom, they are mapped from the file (read-only; the map lives as long as the
+    arrays viewing it); a short file gives fewer bytes than declared, never an error here. Where
+    the file system cannot map files, pydicom reads them.
+    """
+    element = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        try:
+            with open(ds.filename, "rb") as file:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, TypeError):
+            return ds.PixelData, element.length
+        start = element.value_tell
+        return memoryview(mapped)[start : start + element.length], element.length
+    return ds.PixelData, getattr(element, "length", None)
 
 
 def _decoded_pixels(ds: Dataset, syntax: UID) -> np.ndarray:

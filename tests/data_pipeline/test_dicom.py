@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,19 @@ def test_truncated_uncompressed_file(tmp_path):
     ds = pydicom.dcmread(EVRLE, stop_before_pixels=True)
     for secret in (str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.StudyDate)):
         assert secret not in reason
+
+
+def test_uncompressed_pixels_are_mapped_from_the_file_not_copied(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 4096, (3000, 2000), dtype=np.uint16)  # 12 MB
+    path = write_dicom(tmp_path / "big.dcm", pixels)
+    tracemalloc.start()
+    image = read_image(path)
+    crop = image[1000:1100, 500:600].copy()  # a lesion crop touches only its rows
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < pixels.nbytes // 10, f"read_image allocated {peak} bytes"
+    assert np.array_equal(image, pixels) and np.array_equal(crop, pixels[1000:1100, 500:600])
+    assert not image.flags.writeable  # a view of the file: never written through
 
 
 def test_truncated_rle_file(tmp_path):
