@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from data_pipeline import transforms
@@ -42,7 +43,7 @@ def _load_mask(root: Path, rel: str | None, csv_path: str, shape: tuple[int, ...
         mask = align_mask(mask, shape)
     except DicomError as exc:
         raise Quarantined(rel or csv_path, exc.reason) from None
-    if not mask.any():
+    if not cv2.hasNonZero(mask):  # stops at the first lesion pixel
         raise Quarantined(rel or csv_path, "empty ROI mask (no lesion pixels)")
     return mask
 

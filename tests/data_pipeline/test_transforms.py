@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 
 from data_pipeline.transforms import (
     bbox_from_mask,
@@ -101,6 +103,13 @@ def test_bbox_from_mask_is_tight_with_exclusive_max():
     mask[10, 20] = mask[30, 45] = True
     assert bbox_from_mask(mask) == (20, 10, 46, 31)
     assert bbox_from_mask(np.zeros((5, 5), np.uint8)) is None
+
+
+@given(arrays(st.sampled_from([np.uint8, np.uint16, np.int16, np.bool_]),
+              array_shapes(min_dims=2, max_dims=2, max_side=40)))  # fmt: skip
+def test_bbox_from_mask_agrees_with_opencv(mask):
+    x, y, w, h = cv2.boundingRect((mask != 0).astype(np.uint8))
+    assert bbox_from_mask(mask) == ((x, y, x + w, y + h) if w else None)
 
 
 def test_largest_contour_bbox_ignores_smaller_blobs():
