@@ -76,10 +76,10 @@ def _start_fresh_if_changed(out: Path, print_fn, digest: str) -> None:
         return
     if state.is_file():
         print_fn(f"inputs or config changed: rebuilding {out}")
+        for name in ("manifest.json", "quarantine.csv"):  # first: see ``_previous_manifest``
+            (out / name).unlink(missing_ok=True)
         for task_dir in ("classification", "segmentation", "detection"):
             shutil.rmtree(out / task_dir, ignore_errors=True)
-        for name in ("manifest.json", "quarantine.csv"):
-            (out / name).unlink(missing_ok=True)
     _atomic_write(state, json.dumps({"fingerprint": digest}).encode())
 
 
@@ -139,12 +139,11 @@ def prepare(
     """Convert a catalog into ``out``; return the manifest (also written to ``manifest.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     digest = fingerprint(catalog, cfg)
-    done = _finished_manifest(out, digest, cfg.tasks)
-    if done:  # every task already prepared from these inputs: no Ray work at all
-        print_fn(f"prepared data up to date: {out}")
-        return done
-    _start_fresh_if_changed(out, print_fn, digest)
     manifest = _previous_manifest(out, digest)
+    if set(cfg.tasks) <= set(manifest["tasks"]):  # all prepared from these inputs: no Ray work
+        print_fn(f"prepared data up to date: {out}")
+        return manifest
+    _start_fresh_if_changed(out, print_fn, digest)
     quarantine = _previous_quarantine(out, manifest, cfg.tasks)
     for task in cfg.tasks:
         specs = shard_specs(plan_items(catalog, cfg, task), task, cfg.shard_size)
@@ -159,19 +158,17 @@ def prepare(
     return manifest
 
 
-def _finished_manifest(out: Path, digest: str, tasks) -> dict[str, Any] | None:
-    """The manifest of a finished run with this fingerprint and every one of ``tasks``, if any."""
-    path = out / "manifest.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    ok = old.get("fingerprint") == digest and set(tasks) <= set(old.get("tasks", {}))
-    return old if ok else None
-
-
 def _previous_manifest(out: Path, digest: str) -> dict[str, Any]:
+    """The manifest on disk if it has this fingerprint, else an empty one.
+
+    (A run with another fingerprint deletes ``manifest.json`` before any shard, so a manifest of
+    this fingerprint always describes the shards on disk, even after a kill mid-deletion.)
+    """
     path = out / "manifest.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    tasks = old.get("tasks", {}) if old.get("fingerprint") == digest else {}
-    return {"format": 1, "fingerprint": digest, "tasks": tasks}
+    if old.get("fingerprint") == digest:
+        return old
+    return {"format": 1, "fingerprint": digest, "tasks": {}}
 
 
 def _previous_quarantine(out: Path, manifest: dict[str, Any], tasks) -> list[dict[str, str]]:

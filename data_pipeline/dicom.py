@@ -70,7 +70,7 @@ def read_image(path: PathArg) -> np.ndarray:
         DicomError: the file is missing, not DICOM, truncated, has no or undecodable pixel data,
             or is not a single-frame greyscale image.
     """
-    ds = _read_dataset(path, stop_before_pixels=False, defer=True)
+    ds = _read_dataset(path, stop_before_pixels=False)
     return _to_display(ds, _stored_pixels(ds))
 
 
@@ -114,7 +114,7 @@ def classify_roi(path: PathArg) -> str:
     Raises:
         DicomError: unreadable file, or an 8-bit image that is not binary (neither kind).
     """
-    ds = _read_dataset(path, stop_before_pixels=False, defer=True)
+    ds = _read_dataset(path, stop_before_pixels=False)
     pixels = _stored_pixels(ds)
     binary = bool(np.all((pixels == 0) | (pixels == 255)))
     if binary:
@@ -157,10 +157,10 @@ def align_mask(
     return resized.astype(bool) if mask.dtype == bool else resized
 
 
-def _read_dataset(path: PathArg, *, stop_before_pixels: bool, defer: bool = False) -> Dataset:
+def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
     """``dcmread`` with its failures turned into reasons; truncation warnings become errors.
 
-    ``defer`` leaves large values (the pixel data) unread: see ``_pixel_bytes``.
+    Large values (the pixel data) are left unread: see ``_pixel_bytes``.
 
     ``catch_warnings`` swaps process-global state: call from one thread per process (as Ray
     Data tasks do).
@@ -169,7 +169,7 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool, defer: bool = Fals
         warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels,
-                                 defer_size=_DEFER_BYTES if defer else None)  # fmt: skip
+                                 defer_size=_DEFER_BYTES)  # fmt: skip
         except FileNotFoundError:
             raise DicomError("file not found") from None
         except IsADirectoryError:
