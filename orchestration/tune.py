@@ -9,6 +9,7 @@ Each trial runs ``train_driver_fn``, which builds the ``TorchTrainer`` of ``mamm
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from search_spaces import Space, SpaceError, default_space, load_space
 # its Train workers' CPUs plus one CPU left free for Ray Data (else ingestion never starts).
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 2**20}
 DATA_CPUS = 1.0
+_REGISTRY_LOCK = threading.Lock()  # see ``_register_trainable``
 
 
 class ClusterTooSmall(RuntimeError):
@@ -191,12 +193,7 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
     import ray
     from ray import tune
 
-    with_args = tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage,
-                                     sweep=name)  # fmt: skip
-    # Tune registers trainables by name in the cluster's KV store: sweeps running at once (a
-    # benchmark) would otherwise all run the arguments of whichever registered last.
-    with_args.__name__ = f"trial_{name}"
-    trainable = tune.with_resources(with_args, TRIAL_DRIVER_RESOURCES)
+    trainable = _register_trainable(f"trial_{name}", base, storage, name)
     path = f"{storage.rstrip('/')}/{name}"
     if sweep.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -211,6 +208,23 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
                                 failure_config=failures)  # fmt: skip
     return tune.Tuner(trainable, param_space=param_space(space, sweep.search),
                       tune_config=tune_config, run_config=run_config)  # fmt: skip
+
+
+def _register_trainable(key: str, base: TrainConfig, storage: str, sweep: str) -> str:
+    """Register the sweep's trainable under its own name; Tune is then given that name.
+
+    Tune keeps trainables and ``with_parameters`` values in process-global registries that are
+    not thread-safe (a flush iterates a dict another thread adds to), and registers trainables
+    by name in the cluster's KV store: a benchmark's sweeps run at once in one process, so each
+    registers under its own key, one at a time.
+    """
+    from ray import tune
+
+    with _REGISTRY_LOCK:
+        with_args = tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage,
+                                         sweep=sweep)  # fmt: skip
+        tune.register_trainable(key, tune.with_resources(with_args, TRIAL_DRIVER_RESOURCES))
+    return key
 
 
 def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from orchestration.tune import ClusterTooSmall, max_concurrent_trials
+from orchestration.train_config import TrainConfig
+from orchestration.tune import ClusterTooSmall, _register_trainable, max_concurrent_trials
 from tests.orchestration.test_train import last_json
 
 runner = CliRunner()
@@ -161,3 +163,20 @@ def test_dry_run_prints_the_resolved_space() -> None:
     assert "loguniform" in result.output and "pretrained" in result.output
     resolved = runner.invoke(app, ["tune", "mobilenetv2", "--dry-run"], env={"HF_HUB_OFFLINE": "1"})
     assert "pretrained half skipped" in resolved.output and "unfreeze" not in resolved.output
+
+
+def test_sweeps_started_together_register_their_own_trainables(
+    ray_local: str, tmp_path: Path
+) -> None:
+    """A benchmark starts sweeps in threads of one process; Tune's registries are process-global."""
+    from ray.tune.registry import get_trainable_cls
+
+    def register(i: int) -> str:
+        base = TrainConfig(model="mobilenetv2", data=str(tmp_path), lr=10.0**-i)
+        return _register_trainable(f"race_{i}", base, str(tmp_path), f"sweep{i}")
+
+    for _ in range(5):  # unguarded, a flush iterating a registry that another thread adds to fails
+        with ThreadPoolExecutor(8) as pool:
+            keys = list(pool.map(register, range(8)))
+        assert keys == [f"race_{i}" for i in range(8)]
+        assert all(get_trainable_cls(key).default_resource_request({}) for key in keys)
