@@ -11,6 +11,7 @@ back from MLflow and written beside the report.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -162,9 +163,10 @@ def _run_one(job: BenchmarkJob, run: BenchmarkRun, bench: str, prep: Path, setti
     try:
         summary = run_sweep(_sweep_config(job, run, name, prep, top, tags), settings)
     except Exception as exc:  # one broken architecture must not end a many-hour benchmark
-        echo(f"{run.key}: failed: {type(exc).__name__}: {exc}")
-        tracking.record_outcome(top.client, top.experiment_id, name, top.run_id, tags,
-                                error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        error = f"{type(exc).__name__}: {exc}"
+        run_id = tracking.record_outcome(top.client, top.experiment_id, name, top.run_id, tags,
+                                         error=error, detail=traceback.format_exc())  # fmt: skip
+        echo(f"{run.key}: failed: {error} (traceback: {tracking.ERROR_FILE} of run {run_id})")
         return False
     return summary["best"] is not None
 

@@ -33,6 +33,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # clusters in hospita
 SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "mammobench.sweep", "mammobench.trial_id", "mlflow.parentRunId"
 KIND_TAG, BEST_TAG = "mammobench.kind", "mammobench.best_trial_id"
 BENCH_TAG, SKIP_TAG, ERROR_TAG = "mammobench.benchmark", "mammobench.skipped", "mammobench.error"
+ERROR_FILE = "error.txt"  # a failed sweep's traceback
 NAME_TAGS = {"sweep": SWEEP_TAG, "benchmark": BENCH_TAG}
 PACKAGES = ("mammobench", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch",
             "mlflow", "pydicom", "albumentations")  # fmt: skip
@@ -233,9 +234,10 @@ def find_runs(client: MlflowClient, experiment: str, tags: dict[str, str],
 
 def record_outcome(client: MlflowClient, experiment: str, name: str, parent: str,
                    tags: dict[str, str], *, skipped: str | None = None,
-                   error: str | None = None) -> str:  # fmt: skip
+                   error: str | None = None, detail: str | None = None) -> str:  # fmt: skip
     """A sweep that could not run (``skipped``: no weights) or broke (``error``): its parent run
-    (created if the sweep never got that far) ends saying why."""
+    (created if the sweep never got that far) ends saying why; ``detail`` (a traceback) is kept
+    as the run's ``error.txt``."""
     found = find_runs(client, experiment, {SWEEP_TAG: name, KIND_TAG: "sweep"})
     if found:
         run_id = found[0].info.run_id
@@ -243,6 +245,8 @@ def record_outcome(client: MlflowClient, experiment: str, name: str, parent: str
         all_tags = {SWEEP_TAG: name, KIND_TAG: "sweep", PARENT_TAG: parent, **tags}
         run_id = client.create_run(experiment, run_name=name, tags=all_tags).info.run_id
     client.set_tag(run_id, SKIP_TAG if skipped else ERROR_TAG, (skipped or error or "")[:5000])
+    if detail:
+        client.log_text(run_id, detail, ERROR_FILE)
     client.set_terminated(run_id, "FINISHED" if skipped else "FAILED")
     return run_id
 

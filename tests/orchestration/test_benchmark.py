@@ -4,6 +4,7 @@ on the shared local Ray cluster and a real MLflow store."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from models import build_model, trainable_params
+from orchestration import tracking
+from orchestration.benchmark import BenchmarkJob, run_benchmark
 from orchestration.leaderboard import COLUMNS, markdown
+from orchestration.settings import Settings
 from orchestration.train_config import TrainConfig
 from search_spaces import SpaceError
 from search_spaces.benchmarks import available_benchmarks, load_benchmark
@@ -186,3 +190,28 @@ def test_markdown_lists_skipped_rows_with_their_reason() -> None:
     text = markdown([row])
     assert "| vgg16 | classification | pretrained | 77.39% | skipped |" in text
     assert "**vgg16 (pretrained)** skipped: no weights file vgg16.pth in /w" in text
+
+
+def test_a_failed_sweep_is_recorded_with_its_traceback_and_the_benchmark_goes_on(
+    tmp_path: Path,
+) -> None:
+    bench = tmp_path / "one.yaml"
+    bench.write_text("runs:\n  - {model: mobilenetv2, task: classification, settings: [scratch]}\n")
+    prepared = tmp_path / "prepared"  # shards of another task only
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text(json.dumps({"tasks": {"segmentation": {}}}))
+    settings = Settings(home=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        storage=str(tmp_path / "ray"), address=None)  # fmt: skip
+    lines: list[str] = []
+    out = run_benchmark(BenchmarkJob(load_benchmark(bench), data=prepared), settings, lines.append)
+    assert out["failed"] == ["mobilenetv2-scratch"]
+    (row,) = out["rows"]
+    assert row["status"] == "failed" and "holds no classification data" in row["note"], row
+    client = tracking.client_for(settings.tracking_uri)
+    exp = client.get_experiment_by_name("benchmark-one").experiment_id
+    (sweep,) = tracking.find_runs(client, exp, {tracking.KIND_TAG: "sweep"})
+    assert sweep.info.status == "FAILED" and sweep.info.run_id in lines[-1]
+    text = Path(client.download_artifacts(sweep.info.run_id, tracking.ERROR_FILE, str(tmp_path)))
+    trace = text.read_text()
+    assert trace.startswith("Traceback") and "in read_manifest" in trace, trace
+    assert client.get_run(out["run_id"]).info.status == "FAILED"

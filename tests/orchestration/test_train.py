@@ -38,9 +38,9 @@ def _within(ci: list[float], value: float) -> bool:
 
 
 def test_small_classifier_beats_chance_on_held_out_patients(
-    prepared_small: Path, tmp_path: Path
+    prepared_cls: Path, tmp_path: Path
 ) -> None:
-    args = ["mobilenetv2", "--data", str(prepared_small), "--epochs", "20", "--batch-size", "16"]
+    args = ["mobilenetv2", "--data", str(prepared_cls), "--epochs", "20", "--batch-size", "16"]
     result = _train_json([*args, "--lr", "3e-3", "--patience", "30"], tmp_path)
     test = result["test"]
     assert test["auc"] > 0.65 and test["auc_ci"][0] > 0.5, test  # chance is 0.5
