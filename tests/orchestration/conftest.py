@@ -25,9 +25,9 @@ def prepared_small(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_cls(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
-    """60 patients, a third of the training patients held out for validation, classification
-    only: the best epoch is chosen on ~46 validation rows (12 rows, 4 malignant, picked an untrained
-    epoch whose validation AUC was 1.0 by luck in 2 of 4 local runs)."""
+    """60 patients for classification, about a third of the training patients held out: the best
+    epoch is chosen on ~46 validation rows. On 12 rows (4 malignant) an epoch that had learnt
+    nothing won by a lucky validation AUC in 2 of 4 local runs."""
     data = make_synthetic(tmp_path_factory.mktemp("synth60"), SynthConfig(patients=60, seed=5))
     out = tmp_path_factory.mktemp("prep60")
     cfg = PrepareConfig(**TINY, tasks=("classification",), val_fraction=0.35)
