@@ -193,7 +193,7 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
     import ray
     from ray import tune
 
-    trainable = _register_trainable(f"trial_{name}", base, storage, name)
+    trainable = _register_trainable(base, storage, name)
     path = f"{storage.rstrip('/')}/{name}"
     if sweep.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -210,8 +210,8 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
                       tune_config=tune_config, run_config=run_config)  # fmt: skip
 
 
-def _register_trainable(key: str, base: TrainConfig, storage: str, sweep: str) -> str:
-    """Register the sweep's trainable under its own name; Tune is then given that name.
+def _register_trainable(base: TrainConfig, storage: str, sweep: str) -> str:
+    """Register the sweep's trainable as ``trial_<sweep>``; Tune is then given that name.
 
     Tune keeps trainables and ``with_parameters`` values in process-global registries that are
     not thread-safe (a flush iterates a dict another thread adds to), and registers trainables
@@ -223,6 +223,7 @@ def _register_trainable(key: str, base: TrainConfig, storage: str, sweep: str) -
     with _REGISTRY_LOCK:
         with_args = tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage,
                                          sweep=sweep)  # fmt: skip
+        key = f"trial_{sweep}"
         tune.register_trainable(key, tune.with_resources(with_args, TRIAL_DRIVER_RESOURCES))
     return key
 

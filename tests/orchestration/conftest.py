@@ -17,10 +17,7 @@ TINY = {"cls_size": 32, "seg_size": 32, "det_size": 64, "shard_size": 16}
 @pytest.fixture(scope="session")
 def prepared_small(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
     """40 synthetic patients prepared for every task (12 validation rows per task)."""
-    data = make_synthetic(tmp_path_factory.mktemp("synth40"), SynthConfig(patients=40, seed=5))
-    out = tmp_path_factory.mktemp("prep40")
-    prepare(build_catalog(data), out, PrepareConfig(**TINY), print_fn=lambda *_: None)
-    return out
+    return _prepared(tmp_path_factory, patients=40)
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +25,11 @@ def prepared_cls(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
     """60 patients for classification, about a third of the training patients held out: the best
     epoch is chosen on ~46 validation rows. On 12 rows (4 malignant) an epoch that had learnt
     nothing won by a lucky validation AUC in 2 of 4 local runs."""
-    data = make_synthetic(tmp_path_factory.mktemp("synth60"), SynthConfig(patients=60, seed=5))
-    out = tmp_path_factory.mktemp("prep60")
-    cfg = PrepareConfig(**TINY, tasks=("classification",), val_fraction=0.35)
-    prepare(build_catalog(data, val_fraction=0.35), out, cfg, print_fn=lambda *_: None)
+    return _prepared(tmp_path_factory, patients=60, tasks=("classification",), val_fraction=0.35)
+
+
+def _prepared(factory: pytest.TempPathFactory, patients: int, **options) -> Path:
+    data = make_synthetic(factory.mktemp("synth"), SynthConfig(patients=patients, seed=5))
+    cfg, out = PrepareConfig(**TINY, **options), factory.mktemp("prep")
+    prepare(build_catalog(data, val_fraction=cfg.val_fraction), out, cfg, print_fn=lambda *_: None)
     return out

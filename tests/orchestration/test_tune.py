@@ -173,10 +173,10 @@ def test_sweeps_started_together_register_their_own_trainables(
 
     def register(i: int) -> str:
         base = TrainConfig(model="mobilenetv2", data=str(tmp_path), lr=10.0**-i)
-        return _register_trainable(f"race_{i}", base, str(tmp_path), f"sweep{i}")
+        return _register_trainable(base, str(tmp_path), f"race_{i}")
 
     for _ in range(5):  # unguarded, a flush iterating a registry that another thread adds to fails
         with ThreadPoolExecutor(8) as pool:
             keys = list(pool.map(register, range(8)))
-        assert keys == [f"race_{i}" for i in range(8)]
+        assert keys == [f"trial_race_{i}" for i in range(8)]
         assert all(get_trainable_cls(key).default_resource_request({}) for key in keys)
