@@ -30,11 +30,21 @@ def study_augmentation(task: str, p: float = 0.5) -> A.Compose:
     return A.Compose(transforms, bbox_params=boxes, seed=None)
 
 
-def oversample(batch: dict[str, np.ndarray], copies: dict[int, int]) -> dict[str, np.ndarray]:
-    """List rows again by label (``{label: extra copies}``), before any augmentation."""
-    index = [
-        i for i, label in enumerate(batch["label"]) for _ in range(1 + copies.get(int(label), 0))
-    ]
+def oversample(
+    batch: dict[str, np.ndarray], copies: dict[int, float], rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
+    """List rows again by label, before any augmentation: balanced in expectation.
+
+    ``copies`` maps a label to its expected extra listings per row, e.g. 0.40 for the real
+    training split's malignant lesions (1,364 benign / 971 malignant - 1). Each row gets the
+    whole part, plus one more with probability the fractional part, drawn anew on every call
+    (every epoch), so the classes balance over an epoch however close their counts are.
+    """
+    rng = rng or np.random.default_rng()
+    extra = np.array([copies.get(int(label), 0.0) for label in batch["label"]], np.float64)
+    whole = np.floor(extra)
+    listings = 1 + whole.astype(np.int64) + (rng.random(len(extra)) < extra - whole)
+    index = np.repeat(np.arange(len(extra)), listings)
     return {name: values[index] for name, values in batch.items()}
 
 
@@ -42,6 +52,9 @@ def decode_batch(
     batch: dict[str, np.ndarray], task: str, augment: A.Compose | None = None
 ) -> dict[str, Any]:
     """PNG bytes -> uint8 images (N, 1, H, W), with labels and masks (N, 1, H, W) or boxes.
+
+    Detection images keep each mammogram's own aspect ratio, so they are not stacked: the batch's
+    ``image`` is an object array of (1, H, W) arrays (torchvision detectors take a list).
 
     Args:
         batch: A numpy batch of prepared rows (``image``, ``label``, and ``mask`` or ``boxes``).
@@ -74,7 +87,7 @@ def _boxes(raw: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 def _stack(batch, task, images, masks, boxes, labels) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "image": np.stack(images)[:, None],
+        "image": _ragged(images) if task == "detection" else np.stack(images)[:, None],
         "label": np.asarray(batch["label"], np.int64),
         "row": np.arange(len(images)),
     }
@@ -83,3 +96,10 @@ def _stack(batch, task, images, masks, boxes, labels) -> dict[str, Any]:
     if task == "detection":
         out["boxes"], out["box_labels"] = boxes, labels
     return out
+
+
+def _ragged(images: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array of (1, H, W) images that may differ in size."""
+    arr = np.empty(len(images), dtype=object)
+    arr[:] = [image[None] for image in images]
+    return arr

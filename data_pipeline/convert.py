@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,6 +29,7 @@ from data_pipeline.ray_data import data_context
 from data_pipeline.samples import Quarantined, convert_item
 
 STATE = ".prepare-state.json"
+FORMAT = 2  # 2: detection sidecars and manifest hold lesion-box sizes (older shards are rebuilt)
 
 
 def write_shard(
@@ -47,11 +49,42 @@ def write_shard(
                                 "reason": bad.reason, "key": item["key"]})  # fmt: skip
     if rows:
         _atomic_write(target, _parquet_bytes(rows))
-    result = {"name": spec["name"], "task": spec["task"], "split": spec["split"],
-              "expected": len(spec["items"]), "written": len(rows),
-              "file": target.name if rows else None, "quarantine": quarantined}  # fmt: skip
+    result = {
+        "name": spec["name"],
+        "task": spec["task"],
+        "split": spec["split"],
+        "expected": len(spec["items"]),
+        "written": len(rows),
+        "file": target.name if rows else None,
+        "quarantine": quarantined,
+        "box_sizes": _box_sizes(rows),
+    }
     _atomic_write(sidecar, json.dumps(result, sort_keys=True).encode())
     return result
+
+
+def _box_sizes(rows: list[dict[str, Any]]) -> list[list[float]]:
+    """(width, height) in output pixels of every lesion box of these rows (detection only)."""
+    return [[b[2] - b[0], b[3] - b[1]] for row in rows for b in row.get("boxes", ())]
+
+
+def box_statistics(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training split's lesion-box sizes, as nnU-Net's dataset fingerprint holds spacings:
+    percentiles of each box's side (the square root of its area) and of its aspect (height /
+    width), in output pixels. The detector derives its anchors from them."""
+    sizes = np.asarray(
+        [wh for r in results if r["split"] == "train" for wh in r.get("box_sizes", ())], float
+    ).reshape(-1, 2)
+    sizes = sizes[(sizes > 0).all(axis=1)]
+    if not len(sizes):
+        return {"count": 0}
+    side, aspect = np.sqrt(sizes.prod(axis=1)), sizes[:, 1] / sizes[:, 0]
+    percentiles = (5, 25, 50, 75, 95)
+    return {
+        "count": len(sizes),
+        "side": {f"p{q}": round(float(np.percentile(side, q)), 3) for q in percentiles},
+        "aspect": {f"p{q}": round(float(np.percentile(aspect, q)), 3) for q in percentiles},
+    }
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -115,13 +148,16 @@ def _task_summary(task: str, results: list[dict[str, Any]], rejected: int) -> di
         if r["file"]:
             shards[r["split"]].append(f"{task}/{r['split']}/{r['file']}")
     quarantined = sum(len(r["quarantine"]) for r in results) + rejected
-    return {
+    summary = {
         "expected": sum(r["expected"] for r in results) + rejected,
         "written": sum(written.values()),
         "quarantined": quarantined,
         "splits": written,
         "shards": {s: sorted(v) for s, v in shards.items()},
     }
+    if task == "detection":
+        summary["boxes"] = box_statistics(results)
+    return summary
 
 
 def _quarantine_rows(catalog: Catalog, task: str, results) -> list[dict[str, str]]:
@@ -138,7 +174,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Convert a catalog into ``out``; return the manifest (also written to ``manifest.json``)."""
     out.mkdir(parents=True, exist_ok=True)
-    digest = fingerprint(catalog, cfg)
+    digest = f"{fingerprint(catalog, cfg)}-v{FORMAT}"
     manifest = _previous_manifest(out, digest)
     if set(cfg.tasks) <= set(manifest["tasks"]):  # all prepared from these inputs: no Ray work
         print_fn(f"prepared data up to date: {out}")
@@ -168,7 +204,7 @@ def _previous_manifest(out: Path, digest: str) -> dict[str, Any]:
     old = json.loads(path.read_text()) if path.is_file() else {}
     if old.get("fingerprint") == digest:
         return old
-    return {"format": 1, "fingerprint": digest, "tasks": {}}
+    return {"format": FORMAT, "fingerprint": digest, "tasks": {}}
 
 
 def _previous_quarantine(out: Path, manifest: dict[str, Any], tasks) -> list[dict[str, str]]:

@@ -3,7 +3,9 @@
 The backbone is created with `num_classes=0`, so it returns pooled features (global average
 pooling for CNNs, the class token for ViT); the head then follows the study:
 dense → [batch norm] → ReLU → dropout → classes. VGG16 drops timm's fc6/fc7 (`pre_logits`),
-as Keras' `include_top=False` did.
+as Keras' `include_top=False` did. A `Normalize` in front applies the mean and std of the
+backbone's timm pretrained config (`timm.data.resolve_model_data_config`), so the model
+takes images in [0, 1] and a checkpoint carries its own preprocessing.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass
 
 import timm
 import torch
+from timm.data import resolve_model_data_config
 from timm.models import get_pretrained_cfg, group_parameters
 from torch import nn
 
 from models.freezing import StageGroups
+from models.normalize import Normalize
 from models.spec import ModelSpec
 from models.weights import (
     WeightsSource,
@@ -32,7 +36,10 @@ class ClassifierConfig:
     """How a registry entry maps onto timm.
 
     Attributes:
-        timm_name: timm architecture; its default pretrained tag gives the ImageNet weights.
+        timm_name: timm architecture.
+        pretrained_tag: timm pretrained tag giving the weights (and their normalisation);
+            None = timm's default tag for the architecture. Also used for scratch builds,
+            so that both settings normalise alike.
         head_batchnorm: Batch norm after the head's dense layer (the study's ResNet50, ViT).
         head_hidden: Width of the head's dense layer.
         sets_img_size: Pass `img_size=input_size` (ViT position embeddings).
@@ -40,10 +47,16 @@ class ClassifierConfig:
     """
 
     timm_name: str
+    pretrained_tag: str | None = None
     head_batchnorm: bool = False
     head_hidden: int = 256
     sets_img_size: bool = False
     drop_pre_logits: bool = False
+
+    @property
+    def timm_model(self) -> str:
+        """The name given to timm: `architecture[.tag]`."""
+        return f"{self.timm_name}.{self.pretrained_tag}" if self.pretrained_tag else self.timm_name
 
 
 class StudyHead(nn.Sequential):
@@ -60,16 +73,17 @@ class StudyHead(nn.Sequential):
 
 
 class TimmClassifier(nn.Module):
-    """A timm feature extractor (`backbone`) followed by a `StudyHead` (`head`)."""
+    """`normalize` (the weights' mean/std), a timm feature extractor `backbone`, a `head`."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, normalize: Normalize, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
+        self.normalize = normalize
         self.backbone = backbone
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Maps images (B, C, H, W) to class logits (B, num_classes)."""
-        return self.head(self.backbone(x))
+        """Maps images (B, C, H, W) in [0, 1] to class logits (B, num_classes)."""
+        return self.head(self.backbone(self.normalize(x)))
 
 
 def build_classifier(spec: ModelSpec, config: ClassifierConfig) -> TimmClassifier:
@@ -82,7 +96,9 @@ def build_classifier(spec: ModelSpec, config: ClassifierConfig) -> TimmClassifie
         dropout=spec.dropout,
         batchnorm=config.head_batchnorm,
     )
-    return TimmClassifier(backbone, head)
+    data_config = resolve_model_data_config(backbone)
+    normalize = Normalize(data_config["mean"], data_config["std"], in_chans=spec.in_chans)
+    return TimmClassifier(normalize, backbone, head)
 
 
 def classifier_groups(model: TimmClassifier) -> StageGroups:
@@ -93,15 +109,19 @@ def classifier_groups(model: TimmClassifier) -> StageGroups:
 
 
 def classifier_weights_source(spec: ModelSpec, config: ClassifierConfig) -> WeightsSource:
-    """timm's default ImageNet weights for the entry, as file `<name>.pth`."""
-    cfg = get_pretrained_cfg(config.timm_name)
+    """timm's ImageNet weights for the entry, as file `<name>.pth` or `<name>_<tag>.pth`.
+
+    An entry that pins a tag names its file after it, so that a file exported from another
+    tag (e.g. timm's default) is never picked up.
+    """
+    cfg = get_pretrained_cfg(config.timm_model)
     tagged = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     export = (
         "import timm, torch; "
         f"torch.save(timm.create_model('{tagged}', pretrained=True).state_dict(), '{{path}}')"
     )
     return hf_weights_source(
-        stem=spec.name,
+        stem=f"{spec.name}_{config.pretrained_tag}" if config.pretrained_tag else spec.name,
         hub=f"timm '{tagged}' (Hugging Face hub)",
         repo_id=cfg.hf_hub_id or f"timm/{tagged}",
         export_code=export,
@@ -113,12 +133,12 @@ def _create_backbone(spec: ModelSpec, config: ClassifierConfig) -> nn.Module:
     if config.sets_img_size:
         kwargs["img_size"] = spec.input_size
     if not spec.pretrained:
-        return _trim(timm.create_model(config.timm_name, pretrained=False, **kwargs), config)
+        return _trim(timm.create_model(config.timm_model, pretrained=False, **kwargs), config)
     source = classifier_weights_source(spec, config)
     local = find_local_weights(spec, source)
     if local is None:
         try:
-            return _trim(timm.create_model(config.timm_name, pretrained=True, **kwargs), config)
+            return _trim(timm.create_model(config.timm_model, pretrained=True, **kwargs), config)
         except OSError as err:
             raise not_found_error(spec, source, err) from err
     # timm drops the ImageNet classifier, adapts the first conv to in_chans and resamples
@@ -128,7 +148,7 @@ def _create_backbone(spec: ModelSpec, config: ClassifierConfig) -> nn.Module:
     file_keys = set(state)
     overlay = {"state_dict": state}
     backbone = timm.create_model(
-        config.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        config.timm_model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
     )
     backbone.pretrained_cfg.pop("state_dict")  # do not keep a second copy of the weights
     backbone.pretrained_cfg["file"] = str(local)

@@ -6,7 +6,11 @@ the weights file `<name>.pth` holds the torchvision classification model's state
 (`torchvision.models.get_model("resnet50", weights="IMAGENET1K_V1").state_dict()`), and the
 backbone's BatchNorm layers become `FrozenBatchNorm2d`, as in torchvision's own recipe.
 The detector's internal resize follows the prepared image size (`min_size = max_size =
-input_size`) instead of torchvision's default 800/1333.
+input_size`) instead of torchvision's default 800/1333: prepare already scaled each mammogram's
+long side to `input_size`, so the detector sees it at that size, never resampled again.
+Anchors follow the lesions: `anchors_from_boxes` spans the training boxes' sizes (from the
+manifest's box statistics) instead of torchvision's 32-512 px, which miss every lesion of a
+small input. With `num_classes=1` the detector is class-agnostic (lesion vs background).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models import get_model_builder, get_weight
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FrozenBatchNorm2d
 
 from models.freezing import StageGroups
@@ -31,6 +37,12 @@ from models.weights import (
 
 DETECTION_CLASSES = ("background", "benign", "malignant")
 """Label ids of the detection targets: 0 is background, as torchvision expects."""
+SCORE_THRESHOLD = 0.001  # keep low-scoring detections: mAP and FROC rank them (COCO practice)
+# A mammogram holds 1-7 lesions, not COCO's dozens of objects: 64 sampled regions per image (16
+# positives at most) instead of 512, and 300 proposals at test instead of 1000, cut the box head's
+# work (a 12,544 x 1,024 layer and RoIAlign's backward per region: most of a training step).
+ROI_SAMPLES = 64
+PROPOSALS_TEST = 300
 
 
 @dataclass(frozen=True)
@@ -56,12 +68,67 @@ def build_detector(spec: ModelSpec, config: DetectorConfig) -> nn.Module:
         num_classes=spec.num_classes + 1,
         min_size=spec.input_size,
         max_size=spec.input_size,
+        box_score_thresh=SCORE_THRESHOLD,
+        rpn_score_thresh=0.0,  # the MobileNet builder's 0.05 starves a young RPN of proposals
+        box_batch_size_per_image=ROI_SAMPLES,
+        rpn_post_nms_top_n_test=PROPOSALS_TEST,
     )
+    if spec.anchor_sizes or spec.anchor_aspects:
+        _set_anchors(model, spec.anchor_sizes, spec.anchor_aspects)
     if spec.pretrained:
         _load_backbone(model.backbone.body, _backbone_state_dict(spec, config))
     if spec.in_chans == 1:
         _adapt_to_grayscale(model)
     return model
+
+
+def anchors_from_boxes(
+    stats: dict, count: int = 5
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Anchor sides and aspects spanning the training lesions' boxes.
+
+    Args:
+        stats: The manifest's detection `boxes` statistics (`data_pipeline.convert
+            .box_statistics`): percentiles of the boxes' sides (square root of the area) and
+            aspects (height / width), in prepared pixels.
+        count: Anchor sides wanted (torchvision's FPN detectors use five).
+
+    Returns:
+        `count` sides, geometrically spaced from 0.8x the 5th to 1.25x the 95th percentile
+        side, and three aspects (5th, 50th and 95th percentiles, within 1/4..4), or None
+        when there are no boxes.
+    """
+    if not stats.get("count"):
+        return None
+    low = max(0.8 * stats["side"]["p5"], 4.0)
+    high = max(1.25 * stats["side"]["p95"], low * 1.5)
+    sizes = tuple(round(float(s), 1) for s in np.geomspace(low, high, count))
+    aspects = [stats["aspect"][k] for k in ("p5", "p50", "p95")]
+    aspects = tuple(sorted({round(float(np.clip(a, 0.25, 4.0)), 2) for a in aspects}))
+    return sizes, aspects if len(aspects) == 3 else (0.5, 1.0, 2.0)
+
+
+def _set_anchors(model: nn.Module, sizes, aspects) -> None:
+    """New anchor sides and aspects, as many per location as the RPN head predicts.
+
+    torchvision's ResNet-FPN has one side per feature level, its MobileNet-FPN all five sides
+    on each of three levels: the new sides keep that layout, so the head is unchanged.
+    """
+    old = model.rpn.anchor_generator
+    aspects = tuple(aspects or old.aspect_ratios[0])
+    if len(aspects) != len(old.aspect_ratios[0]):
+        raise ValueError(f"need {len(old.aspect_ratios[0])} anchor aspects, got {aspects}")
+    levels = len(old.sizes)
+    sizes = tuple(sizes) if sizes else None
+    if sizes is None:
+        new_sizes = old.sizes
+    elif len(old.sizes[0]) == 1:  # one side per level
+        new_sizes = tuple((s,) for s in np.geomspace(sizes[0], sizes[-1], levels).tolist())
+    else:
+        new_sizes = (sizes,) * levels
+    if len(new_sizes[0]) != len(old.sizes[0]):
+        raise ValueError(f"need {len(old.sizes[0])} anchor sizes per level, got {sizes}")
+    model.rpn.anchor_generator = AnchorGenerator(new_sizes, (aspects,) * levels)
 
 
 def detector_groups(model: nn.Module) -> StageGroups:

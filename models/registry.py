@@ -138,7 +138,13 @@ _ENTRIES = (
     ),
     _classifier(
         "vit_b16",
-        ClassifierConfig("vit_base_patch16_224", head_batchnorm=True, sets_img_size=True),
+        # the study's google/vit-base-patch16-224 (ImageNet-21k, fine-tuned on 1k; mean = std = 0.5)
+        ClassifierConfig(
+            "vit_base_patch16_224",
+            pretrained_tag="orig_in21k_ft_in1k",
+            head_batchnorm=True,
+            sets_img_size=True,
+        ),
         study_unfreeze=0,
         description="ViT-B/16 (study, frozen backbone), head: token, dense, batch norm, dropout",
     ),

@@ -3,6 +3,9 @@
 Pretrained means an ImageNet encoder; the weights file `<name>_<encoder>.pth` holds the smp
 encoder's state dict (`smp.encoders.get_encoder(encoder, weights="imagenet").state_dict()`).
 With `in_chans=1` the pretrained first convolution is adapted by smp's `set_in_channels`.
+
+The built model is a `SmpSegmenter`: a `Normalize` with the encoder's ImageNet mean and std
+(see `encoder_mean_std`), then the smp model (`net`); `model.encoder` is the smp encoder.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import segmentation_models_pytorch as smp
+import torch
 from timm.models import group_parameters
 from torch import nn
-from torchvision.models import ResNet
+from torchvision.models import ResNet, ResNet50_Weights
 
 from models.freezing import StageGroups
+from models.normalize import Normalize
 from models.spec import ModelSpec
 from models.weights import (
     WeightsSource,
@@ -43,13 +48,65 @@ class SegmenterConfig:
     stride: int
 
 
-def build_segmenter(spec: ModelSpec, config: SegmenterConfig) -> nn.Module:
+class SmpSegmenter(nn.Module):
+    """`normalize` (the encoder weights' mean/std), then an smp model `net`."""
+
+    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The smp encoder (its parameters are named `net.encoder.*`)."""
+        return self.net.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps images (B, C, H, W) in [0, 1] to lesion logits (B, 1, H, W)."""
+        return self.net(self.normalize(x))
+
+
+def build_segmenter(spec: ModelSpec, config: SegmenterConfig) -> SmpSegmenter:
     """Builds the segmenter for `spec`, loading a pretrained encoder if asked."""
     encoder = spec.encoder or config.default_encoder
     if spec.input_size % config.stride:
         raise ValueError(
             f"{spec.name} needs input_size divisible by {config.stride}, got {spec.input_size}"
         )
+    net = _create_net(spec, config, encoder)  # first: smp lists the encoders for a wrong name
+    mean, std = encoder_mean_std(encoder)
+    return SmpSegmenter(Normalize(mean, std, in_chans=spec.in_chans), net)
+
+
+def encoder_mean_std(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The RGB mean and std that the encoder's ImageNet weights expect.
+
+    smp 0.6 keeps these in each encoder's hub `config.json`, unreadable offline, so:
+    smp's ResNet family (torchvision `ResNet` subclasses holding torchvision's ImageNet
+    weights) gets torchvision's ImageNet constants; `tu-` (timm) encoders get timm's
+    pretrained config, read offline by smp's `get_preprocessing_params`; any other encoder
+    gets its hub config through that function, and fails without the hub or its cache.
+
+    Raises:
+        ValueError: The constants are not available (offline, or no pretrained weights).
+    """
+    settings = smp.encoders.encoders.get(encoder, {})
+    if isinstance(settings.get("encoder"), type) and issubclass(settings["encoder"], ResNet):
+        preset = ResNet50_Weights.IMAGENET1K_V1.transforms()
+        return tuple(preset.mean), tuple(preset.std)
+    try:
+        params = smp.encoders.get_preprocessing_params(encoder)
+    except OSError as err:
+        raise ValueError(
+            f"input normalisation of encoder '{encoder}' comes from its hub config, "
+            f"which cannot be read ({type(err).__name__}); ResNet-family and 'tu-' "
+            "encoders work offline"
+        ) from err
+    return tuple(params["mean"]), tuple(params["std"])
+
+
+def _create_net(spec: ModelSpec, config: SegmenterConfig, encoder: str) -> nn.Module:
+    """The smp model, its encoder pretrained if `spec` asks for it."""
     if not spec.pretrained:
         return _create(config, encoder, weights=None, in_chans=spec.in_chans)
     source = segmenter_weights_source(spec, config)
@@ -65,17 +122,18 @@ def build_segmenter(spec: ModelSpec, config: SegmenterConfig) -> nn.Module:
     return model
 
 
-def segmenter_groups(model: nn.Module) -> StageGroups:
+def segmenter_groups(model: SmpSegmenter) -> StageGroups:
     """Encoder stage groups: stem, layer1..layer4 for ResNet-family encoders.
 
     Other encoders form a single group, so only `unfreeze=0` (frozen encoder) and `"all"`
     are distinct.
     """
     encoder = model.encoder
+    prefix = "net.encoder."
     if isinstance(encoder, ResNet):
         groups = group_parameters(encoder, _RESNET_STAGES)
-        return [[f"encoder.{name}" for name in groups[key]] for key in sorted(groups)]
-    return [[f"encoder.{name}" for name, _ in encoder.named_parameters()]]
+        return [[prefix + name for name in groups[key]] for key in sorted(groups)]
+    return [[prefix + name for name, _ in encoder.named_parameters()]]
 
 
 def segmenter_weights_source(spec: ModelSpec, config: SegmenterConfig) -> WeightsSource:

@@ -32,6 +32,10 @@ class ModelSpec:
         encoder: Segmenter encoder (segmentation-models-pytorch name); `None` = entry default.
         weights_dir: Directory with one weights file per architecture; `None` falls back to
             `$MAMMOBENCH_WEIGHTS_DIR`.
+        anchor_sizes: Detectors: anchor sides in input pixels, smallest first (see
+            `models.detectors.anchors_from_boxes`); `None` keeps the library's.
+        anchor_aspects: Detectors: anchor aspect ratios (height / width); `None` keeps the
+            library's (0.5, 1, 2).
     """
 
     name: str
@@ -43,9 +47,15 @@ class ModelSpec:
     dropout: float = 0.5
     encoder: str | None = None
     weights_dir: str | None = None
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_aspects: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unfreeze", _parse_unfreeze(self.unfreeze))
+        for name in ("anchor_sizes", "anchor_aspects"):  # lists after a trip through JSON
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
         if self.num_classes < 1:

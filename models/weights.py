@@ -4,7 +4,8 @@ Order, for `pretrained=True`:
 
 1. The weights directory (`ModelSpec.weights_dir`, else `$MAMMOBENCH_WEIGHTS_DIR`) holding one
    file per architecture: `<name>.pth` or `<name>.safetensors` (segmenters:
-   `<name>_<encoder>.pth`). Its content is the library's own ImageNet state dict (timm model,
+   `<name>_<encoder>.pth`; a classifier pinned to a timm tag: `<name>_<tag>.pth`, e.g.
+   `vit_b16_orig_in21k_ft_in1k.pth`). Its content is the library's own ImageNet state dict (timm model,
    smp encoder, torchvision classification backbone), exactly what the hub would give.
 2. The library's normal download mechanism (timm / smp via the Hugging Face hub, torchvision
    via download.pytorch.org), which also uses its local cache.

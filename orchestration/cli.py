@@ -172,6 +172,9 @@ def train(
         str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
     ] = None,
     augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
+    detection_classes: Annotated[
+        str, typer.Option(help="Detection: lesion (class-agnostic) or pathology boxes.")
+    ] = "lesion",
     max_failures: Annotated[int, typer.Option(help="Worker failures to retry.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
@@ -187,7 +190,7 @@ def train(
         batch_size=batch_size, pretrained=pretrained, unfreeze=unfreeze, workers=workers,
         gpus_per_worker=gpus_per_worker, balance=balance, schedule=schedule, patience=patience,
         in_chans=in_chans, encoder=encoder, weights_dir=weights_dir, augment=augment,
-        max_failures=max_failures, seed=seed,
+        max_failures=max_failures, seed=seed, detection_classes=detection_classes,
     )  # fmt: skip
     with user_errors():  # bad names, missing data or weights fail before Ray starts
         check_job(cfg.with_manifest())

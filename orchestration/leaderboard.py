@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import tracking
+from orchestration.metrics import DETECTION_RULE
 from search_spaces.benchmarks import published
 
 PRIMARY = {"classification": "accuracy", "segmentation": "dice", "detection": "map50"}
 EXTRA = {"classification": ("auc", "sensitivity", "specificity", "balanced_accuracy"),
-         "segmentation": ("iou", "pixel_accuracy"), "detection": ("froc_sens_1fp",)}  # fmt: skip
+         "segmentation": ("iou", "pixel_accuracy"), "detection": ("froc_sens_1fp", "map50_malignancy")}  # fmt: skip
 PARAMS = ("lr", "unfreeze", "batch_size", "weight_decay")
 COLUMNS = ["model", "task", "setting", "status", "metric", "published", "test", "test_ci_low",
            "test_ci_high", "auc", "auc_ci_low", "auc_ci_high", "sensitivity", "specificity",
-           "balanced_accuracy", "iou", "pixel_accuracy", "froc_sens_1fp", "published_other",
+           "balanced_accuracy", "iou", "pixel_accuracy", "froc_sens_1fp", "map50_malignancy",
+           "published_other",
            "gpu_hours", "trial_hours", "trials", "best_params", "note", "sweep_run_id"]  # fmt: skip
 
 
@@ -96,6 +98,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if row["note"]:
             notes.append(f"- **{row['model']} ({row['setting']})** {row['status']}: {row['note']}")
     text = "\n".join(lines) + "\n"
+    if any(row["task"] == "detection" for row in rows):
+        notes.append(f"- **Detection**: {DETECTION_RULE}.")
     if notes:
         text += "\nNotes:\n\n" + "\n".join(notes) + "\n"
     return text

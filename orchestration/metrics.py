@@ -140,34 +140,52 @@ def segmentation_metrics(
     return out
 
 
+FROC_HIT_IOU = 0.2
+FROC_RULE = (
+    f"a detection hits a lesion when their IoU >= {FROC_HIT_IOU:g} or the detection's centre "
+    "lies inside the lesion's box (CBIS-DDSM's ROI outlines are loose)"
+)
+DETECTION_RULE = f"lesion mAP@0.5, class-agnostic; FROC: {FROC_RULE}"
+
+
 def detection_metrics(
     preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]
 ) -> dict[str, object]:
-    """mAP@0.5 (torchmetrics, COCO-style) and FROC sensitivities at 0.5/1/2/4 FP per image."""
+    """Lesion mAP@0.5 (class-agnostic, torchmetrics COCO-style) and FROC sensitivities at
+    0.5/1/2/4 false positives per image; ``map50_malignancy`` (the mean AP of benign and
+    malignant boxes) too when the detector predicts pathology classes."""
+    lesions = lambda items: [d | {"labels": torch.ones_like(d["labels"])} for d in items]  # noqa: E731
+    result = {"map50": _map50(lesions(preds), lesions(targets))}
+    if any(len(d["labels"]) and int(d["labels"].max()) > 1 for d in [*preds, *targets]):
+        result["map50_malignancy"] = _map50(preds, targets)
+    return result | {"froc": froc_points(preds, targets)}
+
+
+def _map50(preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
     metric = MeanAveragePrecision(iou_thresholds=[0.5], box_format="xyxy")
     metric.update(preds, targets)
-    map50 = float(metric.compute()["map_50"])
-    froc = froc_points(preds, targets)
-    return {"map50": map50 if map50 >= 0 else 0.0, "froc": froc}
+    value = float(metric.compute()["map_50"])
+    return value if value >= 0 else 0.0
 
 
 def froc_points(
     preds: list[dict[str, torch.Tensor]],
     targets: list[dict[str, torch.Tensor]],
     rates: Sequence[float] = FROC_RATES,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = FROC_HIT_IOU,
 ) -> dict[str, float]:
-    """Lesion sensitivity at given false positives per image (class-agnostic, IoU >= 0.5 hits).
+    """Lesion sensitivity at given false positives per image (class-agnostic; see ``FROC_RULE``).
 
-    Detections are ranked by score over all images; each lesion counts once (its best-scoring hit).
+    Detections are ranked by score over all images; each lesion counts once (its best-scoring
+    hit); a detection hits at most one lesion (the untaken one it overlaps most).
     """
     hits, n_lesions = [], sum(len(t["boxes"]) for t in targets)
     for image, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         taken: set[int] = set()
         order = torch.argsort(pred["scores"], descending=True)
-        ious = box_iou(pred["boxes"][order], target["boxes"]) if len(target["boxes"]) else None
+        close = _closeness(pred["boxes"][order], target["boxes"], iou_threshold)
         for rank, index in enumerate(order.tolist()):
-            lesion = _match(ious, rank, taken, iou_threshold)
+            lesion = _match(close, rank, taken)
             hits.append((float(pred["scores"][index]), lesion is not None, image, lesion))
     hits.sort(key=lambda h: -h[0])
     tp = np.cumsum([h[1] for h in hits]) if hits else np.zeros(0)
@@ -181,11 +199,21 @@ def froc_points(
     return result
 
 
-def _match(ious: torch.Tensor | None, rank: int, taken: set[int], threshold: float) -> int | None:
-    if ious is None:
+def _closeness(boxes: torch.Tensor, lesions: torch.Tensor, iou_threshold: float):
+    """IoU of every (detection, lesion) pair where the pair is a hit, else -1 (None: no lesions)."""
+    if not len(lesions):
         return None
-    for lesion in torch.argsort(ious[rank], descending=True).tolist():
-        if ious[rank, lesion] < threshold:
+    ious = box_iou(boxes, lesions)
+    centre = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2
+    inside = ((centre >= lesions[None, :, :2]) & (centre <= lesions[None, :, 2:])).all(dim=2)
+    return torch.where((ious >= iou_threshold) | inside, ious, torch.full_like(ious, -1.0))
+
+
+def _match(close: torch.Tensor | None, rank: int, taken: set[int]) -> int | None:
+    if close is None:
+        return None
+    for lesion in torch.argsort(close[rank], descending=True).tolist():
+        if close[rank, lesion] < 0:
             return None
         if lesion not in taken:
             taken.add(lesion)

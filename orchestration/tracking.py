@@ -394,4 +394,5 @@ def validation_figures(cfg: TrainConfig, record: dict[str, Any]) -> Iterator[tup
         )
     elif cfg.task == "detection" and "image" in preview:
         boxes = [[t.numpy() for t in preview[k]] for k in ("boxes", "pred_boxes", "pred_scores")]
-        yield "detections.png", plots.detection_figure(preview["image"].numpy(), *boxes)
+        images = [image.numpy() for image in preview["image"]]
+        yield "detections.png", plots.detection_figure(images, *boxes)

@@ -15,6 +15,7 @@ TASK_METRIC = {"classification": "auc", "segmentation": "dice", "detection": "ma
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "plateau", "none")
 BALANCING = ("oversample", "weighted", "none")
+DETECTION_CLASSES = ("lesion", "pathology")  # class-agnostic lesions, or benign/malignant boxes
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,22 @@ class TrainConfig:
     weights_dir: str | None = None
     max_failures: int = 0
     bootstrap: int = 1000
+    detection_classes: str = "lesion"
     image_size: int = 0
     num_classes: int = 0
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_aspects: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASK_METRIC:
             raise ValueError(f"task must be one of {sorted(TASK_METRIC)}, got {self.task!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("balance", BALANCING)):  # fmt: skip
+        choices = (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("balance", BALANCING),
+            ("detection_classes", DETECTION_CLASSES),
+        )
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.workers < 1:
@@ -85,12 +94,25 @@ class TrainConfig:
         return f"val_{TASK_METRIC[self.task]}"
 
     def with_manifest(self) -> TrainConfig:
-        """Fill image size and number of classes from ``<data>/manifest.json``."""
+        """Fill image size, number of classes and (detection) anchors from the manifest."""
         manifest = read_manifest(self.data, self.task)
         cfg = manifest["config"]
         size = {"classification": "cls_size", "segmentation": "seg_size", "detection": "det_size"}
         classes = 3 if cfg["label_map"] == "3class" else 2
-        return replace(self, image_size=int(cfg[size[self.task]]), num_classes=classes)
+        out = replace(self, image_size=int(cfg[size[self.task]]), num_classes=classes)
+        if self.task == "detection" and self.anchor_sizes is None:
+            from models.detectors import anchors_from_boxes
+
+            boxes = manifest["tasks"]["detection"].get("boxes", {})
+            anchors = anchors_from_boxes(boxes)
+            if anchors is not None:
+                out = replace(out, anchor_sizes=anchors[0], anchor_aspects=anchors[1])
+        return out
+
+    @property
+    def lesion_detector(self) -> bool:
+        """A class-agnostic detector (lesion vs background), the leaderboard's headline."""
+        return self.task == "detection" and self.detection_classes == "lesion"
 
     def model_spec(self) -> ModelSpec:
         """The model this job trains."""
@@ -98,7 +120,7 @@ class TrainConfig:
 
         return ModelSpec(
             name=self.model,
-            num_classes=self.num_classes or 2,
+            num_classes=1 if self.lesion_detector else self.num_classes or 2,
             pretrained=self.pretrained,
             unfreeze=self.unfreeze if self.pretrained else "all",
             input_size=self.image_size or 224,
@@ -106,6 +128,8 @@ class TrainConfig:
             dropout=self.dropout,
             encoder=self.encoder,
             weights_dir=self.weights_dir,
+            anchor_sizes=self.anchor_sizes,
+            anchor_aspects=self.anchor_aspects,
         )
 
     def run_name(self) -> str:

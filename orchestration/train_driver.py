@@ -81,7 +81,7 @@ def evaluate_local(cfg: TrainConfig, checkpoint_dir: str, split: str = "test") -
     state = torch.load(Path(checkpoint_dir) / BEST_FILE, weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     model.eval()
-    task = make_task(cfg.task, cfg.in_chans)
+    task = make_task(cfg.task, cfg.in_chans, lesion_only=cfg.lesion_detector)
     parts = [task.predict(model, collate(b)) for b in iter_split(cfg, split, cfg.batch_size)]
     if not parts:
         return {"n": 0}

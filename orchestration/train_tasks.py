@@ -26,7 +26,7 @@ from orchestration.metrics import (
 def collate(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, Any]:
     """Numpy batch of decoded rows -> tensors on ``device`` (ragged detection targets as lists)."""
     out: dict[str, Any] = {
-        "image": torch.as_tensor(np.ascontiguousarray(batch["image"]), device=device).float() / 255,
+        "image": _images(batch["image"], device),
         "label": torch.as_tensor(np.array(batch["label"], np.int64), device=device),
         "patient_id": [str(p) for p in batch["patient_id"]],
     }
@@ -41,9 +41,20 @@ def collate(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") ->
     return out
 
 
-def model_input(batch: dict[str, Any], in_chans: int) -> torch.Tensor:
-    """Grayscale (B, 1, H, W) repeated to three channels unless the model takes one."""
+def _images(images: np.ndarray, device: torch.device | str) -> torch.Tensor | list[torch.Tensor]:
+    """uint8 images -> float in [0, 1]: one (B, 1, H, W) tensor, or a list of (1, H, W) tensors
+    for detection batches (an object array: each mammogram keeps its own shape)."""
+    if images.dtype != object:
+        return torch.as_tensor(np.ascontiguousarray(images), device=device).float() / 255
+    return [torch.as_tensor(np.ascontiguousarray(i), device=device).float() / 255 for i in images]
+
+
+def model_input(batch: dict[str, Any], in_chans: int) -> torch.Tensor | list[torch.Tensor]:
+    """Grayscale (B, 1, H, W) repeated to three channels unless the model takes one; a list of
+    (1, H, W) images stays a list (detection)."""
     image = batch["image"]
+    if isinstance(image, list):
+        return [i.expand(3, -1, -1) if in_chans == 3 else i for i in image]
     return image.expand(-1, 3, -1, -1) if in_chans == 3 else image
 
 
@@ -106,27 +117,39 @@ class Segmentation:
 
 
 class Detection:
-    """The detector's own losses in train mode; mAP@0.5 and FROC on its detections."""
+    """The detector's own losses in train mode; lesion mAP@0.5 and FROC on its detections.
 
-    def __init__(self, in_chans: int) -> None:
-        self.in_chans = in_chans
+    A lesion detector (``lesion_only``) learns every box as one class, "lesion"; otherwise the
+    boxes are benign (1) or malignant (2).
+    """
+
+    def __init__(self, in_chans: int, lesion_only: bool = True) -> None:
+        self.in_chans, self.lesion_only = in_chans, lesion_only
+
+    def targets(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """The batch's boxes, labelled as this detector learns them."""
+        if not self.lesion_only:
+            return batch["targets"]
+        return [t | {"labels": torch.ones_like(t["labels"])} for t in batch["targets"]]
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         images = list(model_input(batch, self.in_chans))
-        return sum(model(images, batch["targets"]).values())
+        return sum(model(images, self.targets(batch)).values())
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         detections = model(list(model_input(batch, self.in_chans)))
         to_np = lambda d: {k: v.cpu().numpy() for k, v in d.items()}  # noqa: E731
-        return {"preds": [to_np(d) for d in detections],
-                "targets": [to_np(t) for t in batch["targets"]],
-                "patient_id": batch["patient_id"]}  # fmt: skip
+        return {
+            "preds": [to_np(d) for d in detections],
+            "targets": [to_np(t) for t in self.targets(batch)],
+            "patient_id": batch["patient_id"],
+        }
 
     def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """A few images with their true boxes and the detector's boxes and scores."""
         out = self.predict(model, batch)
-        return {"image": _uint8(batch["image"][:, 0]),
+        return {"image": [_uint8(image[0]) for image in batch["image"]],
                 "boxes": [t["boxes"] for t in out["targets"]],
                 "pred_boxes": [p["boxes"] for p in out["preds"]],
                 "pred_scores": [p["scores"] for p in out["preds"]]}  # fmt: skip
@@ -145,11 +168,18 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def make_task(task: str, in_chans: int, class_weights: torch.Tensor | None = None):
-    """The adapter of ``task``."""
+def make_task(
+    task: str,
+    in_chans: int,
+    class_weights: torch.Tensor | None = None,
+    lesion_only: bool = True,
+):
+    """The adapter of ``task`` (``lesion_only``: a class-agnostic detector)."""
     if task == "classification":
         return Classification(in_chans, class_weights)
-    return Segmentation(in_chans) if task == "segmentation" else Detection(in_chans)
+    if task == "segmentation":
+        return Segmentation(in_chans)
+    return Detection(in_chans, lesion_only)
 
 
 def concat_outputs(parts: list[dict[str, Any]]) -> dict[str, Any]:

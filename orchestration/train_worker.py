@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from models import build_model, trainable_params
 from orchestration.train_config import TrainConfig
+from orchestration.train_data import epoch_batches
 from orchestration.train_tasks import collate, concat_outputs, make_task
 
 STATE_FILE, BEST_FILE, BEST_VAL_FILE = "state.pt", "best_model.pt", "best_val.pt"
@@ -123,10 +124,8 @@ def _train_epoch(task, model, optimizer, batches, device, scaler) -> float:
         else:
             loss.backward()
             optimizer.step()
-        total, count = (
-            total + float(loss.detach()) * len(batch["label"]),
-            count + len(batch["label"]),
-        )
+        total += float(loss.detach()) * len(batch["label"])
+        count += len(batch["label"])
     return total / max(count, 1)
 
 
@@ -206,7 +205,7 @@ class _Job:
         optimizer = _optimizer(cfg, model)
         scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         weights = torch.tensor(class_weights) if class_weights else None
-        task = make_task(cfg.task, cfg.in_chans, weights)
+        task = make_task(cfg.task, cfg.in_chans, weights, cfg.lesion_detector)
         return cls(
             cfg, device, model, optimizer, _scheduler(cfg, optimizer), scaler, task, n_trainable
         )
@@ -216,8 +215,7 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
     """Train one epoch, validate, update ``best``; return the metrics to report."""
     cfg = job.cfg
     train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    batches = train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                 local_shuffle_buffer_size=4 * cfg.batch_size)  # fmt: skip
+    batches = epoch_batches(train, cfg, epoch, rank=_rank_world()[0])
     train_loss = _train_epoch(job.task, job.model, job.optimizer, batches, job.device, job.scaler)
     val_batches = val.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
     outputs, first = evaluate(job.task, job.model, val_batches, job.device)

@@ -13,7 +13,7 @@ from models import available_models, build_model, model_info, trainable_params
 from models.freezing import is_frozen_batchnorm, unfreeze_last
 from models.registry import REGISTRY
 
-GROUPED_PREFIX = {"classification": "backbone.", "segmentation": "encoder."}
+GROUPED_PREFIX = {"classification": "backbone.", "segmentation": "net.encoder."}
 GROUPED_PREFIX["detection"] = "backbone.body."
 
 

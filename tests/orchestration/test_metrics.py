@@ -100,14 +100,59 @@ def test_detection_by_hand() -> None:
         {"boxes": _boxes([20, 20, 30, 30]), "labels": torch.tensor([1])},
     ]
     preds = [
-        {"boxes": _boxes([0, 0, 10, 10], [50, 50, 60, 60]), "scores": torch.tensor([0.9, 0.8]),
-         "labels": torch.tensor([1, 1])},
-        {"boxes": _boxes([70, 70, 80, 80], [21, 21, 30, 30]), "scores": torch.tensor([0.7, 0.6]),
-         "labels": torch.tensor([1, 1])},
-    ]  # fmt: skip
+        {
+            "boxes": _boxes([0, 0, 10, 10], [50, 50, 60, 60]),
+            "scores": torch.tensor([0.9, 0.8]),
+            "labels": torch.tensor([1, 1]),
+        },
+        {
+            "boxes": _boxes([70, 70, 80, 80], [21, 21, 30, 30]),
+            "scores": torch.tensor([0.7, 0.6]),
+            "labels": torch.tensor([1, 1]),
+        },
+    ]
     # Ranked: 0.9 hit, 0.8 FP, 0.7 FP, 0.6 hit (IoU 81/100). 2 images.
     froc = froc_points(preds, targets)
     assert froc == {"sens@0.5fp": 0.5, "sens@1fp": 1.0, "sens@2fp": 1.0, "sens@4fp": 1.0}
     m = detection_metrics(preds, targets)
     # AP at IoU 0.5: precision 1 at recall 0.5, 0.5 at recall 1 -> COCO 101-point AP = 0.7525
     assert math.isclose(m["map50"], 0.752475, abs_tol=1e-3)
+
+
+def test_froc_counts_loose_hits_by_iou_0_2_or_centre_inside() -> None:
+    targets = [
+        {"boxes": _boxes([0, 0, 40, 40], [100, 100, 110, 110]), "labels": torch.tensor([1, 1])}
+    ]
+    preds = [
+        {
+            # IoU 0.25 with the first lesion (400 / 1600); centre (5, 5) is inside it, too.
+            "boxes": _boxes([0, 0, 20, 20], [98, 98, 150, 150], [60, 60, 70, 70]),
+            "scores": torch.tensor([0.9, 0.8, 0.7]),
+            "labels": torch.tensor([1, 1, 1]),
+        }
+    ]
+    # The second box: IoU 100/2704 < 0.2, but its centre (124, 124) is outside the lesion: a FP.
+    # The third box touches nothing: a FP. One image: at 1 FP only the first hit counts.
+    assert froc_points(preds, targets) == {
+        "sens@0.5fp": 0.5,
+        "sens@1fp": 0.5,
+        "sens@2fp": 0.5,
+        "sens@4fp": 0.5,
+    }
+    inside = [{**preds[0], "boxes": _boxes([0, 0, 20, 20], [95, 95, 120, 120], [60, 60, 70, 70])}]
+    # Now the second box's centre (107.5, 107.5) lies inside the small lesion (IoU 100/625 = 0.16).
+    assert froc_points(inside, targets)["sens@1fp"] == 1.0
+
+
+def test_detection_map_is_class_agnostic_and_malignancy_map_apart() -> None:
+    targets = [{"boxes": _boxes([0, 0, 10, 10]), "labels": torch.tensor([2])}]
+    preds = [
+        {
+            "boxes": _boxes([0, 0, 10, 10]),
+            "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1]),
+        }
+    ]
+    m = detection_metrics(preds, targets)
+    assert m["map50"] == 1.0  # the lesion was found: its class is a separate question
+    assert m["map50_malignancy"] == 0.0  # called benign, it was malignant
