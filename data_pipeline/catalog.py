@@ -53,7 +53,12 @@ class Abnormality:
 
 @dataclass(frozen=True)
 class FullImage:
-    """One full mammogram with its lesions; malignant if any lesion is."""
+    """One physical mammogram (patient, side, view) with all its lesions; malignant if any is.
+
+    CBIS-DDSM lists 71 views under both a Mass and a Calc series (the same mammogram twice):
+    they are one image here, with every lesion of both (``lesion_type`` ``"calc+mass"``), both
+    source series kept (``source_keys``, ``image_files``) and one of them read (``image_file``).
+    """
 
     image_key: str
     patient_id: str
@@ -68,6 +73,8 @@ class FullImage:
     abnormality_keys: tuple[str, ...]
     mask_files: tuple[str | None, ...]
     lesion_pathologies: tuple[str, ...]
+    source_keys: tuple[str, ...] = ()
+    image_files: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,14 +100,17 @@ class Catalog:
     patients: int = 0
 
     def summary(self) -> dict[str, Any]:
-        """Counts for ``mammobench catalog --json``."""
+        """Counts for ``mammobench catalog --json`` (``images``: physical images)."""
         by_split = Counter({s: 0 for s in ("train", "val", "test", "excluded")})
         by_split.update(a.split for a in self.abnormalities)
+        series = {a.image_key for a in self.abnormalities} | self._rejected_images()
+        views = Counter(physical_view(key) for key in series)
         return {
             "data": str(self.root),
             "csv_files": self.csv_files,
             "abnormalities": len(self.abnormalities) + len(self.rejected),
-            "images": len({a.image_key for a in self.abnormalities} | self._rejected_images()),
+            "images": len(views),
+            "duplicate_views": sum(count > 1 for count in views.values()),
             "patients": self.patients,
             "by_split": dict(by_split),
             "images_by_split": dict(Counter(i.split for i in self.images)),
@@ -115,6 +125,11 @@ class Catalog:
 
     def _rejected_images(self) -> set[str]:
         return {r.key.rsplit("_", 1)[0] for r in self.rejected if r.key}
+
+
+def physical_view(image_key: str) -> str:
+    """``P_00016_LEFT_CC`` of ``Calc-Training_P_00016_LEFT_CC``: the mammogram, whichever CSV."""
+    return image_key.split("_", 1)[1]
 
 
 def _check_paths(row: CaseRow) -> list[PurePosixPath]:
@@ -205,32 +220,40 @@ _ROW_FIELDS = set(Abnormality.__dataclass_fields__) - {"key", "image_key", "spli
 
 
 def _images(abnormalities: list[Abnormality]) -> list[FullImage]:
+    """One record per physical view: its lesions from every CSV that lists it."""
     groups: dict[str, list[Abnormality]] = {}
     for abn in abnormalities:
-        groups.setdefault(abn.image_key, []).append(abn)
-    images = []
-    for key, lesions in sorted(groups.items()):
-        lesions.sort(key=lambda a: a.abnormality_id)
-        first = lesions[0]
-        pathologies = tuple(a.pathology for a in lesions)
-        images.append(
-            FullImage(
-                image_key=key,
-                patient_id=first.patient_id,
-                lesion_type=first.lesion_type,
-                official_split=first.official_split,
-                split=first.split,
-                side=first.side,
-                view=first.view,
-                pathology=image_pathology(pathologies),
-                image_file=first.image_file,
-                image_csv_path=first.image_csv_path,
-                abnormality_keys=tuple(a.key for a in lesions),
-                mask_files=tuple(a.mask_file for a in lesions),
-                lesion_pathologies=pathologies,
-            )
-        )
-    return images
+        groups.setdefault(physical_view(abn.image_key), []).append(abn)
+    return [_image(lesions) for _, lesions in sorted(groups.items())]
+
+
+def _image(lesions: list[Abnormality]) -> FullImage:
+    """The merged image: where its patient goes (test if any of its rows is a test row)."""
+    lesions = sorted(lesions, key=lambda a: (a.lesion_type, a.abnormality_id))
+    splits = {a.split for a in lesions}
+    split = "test" if "test" in splits else lesions[0].split
+    copies = {a.image_key: a for a in sorted(lesions, key=lambda a: a.split != split)}
+    first = next(iter(copies.values()))  # a copy from the image's own split
+    files = tuple(a.image_file for a in copies.values())
+    read = next((a for a in copies.values() if a.image_file), first)
+    pathologies = tuple(a.pathology for a in lesions)
+    return FullImage(
+        image_key=first.image_key,
+        patient_id=first.patient_id,
+        lesion_type="+".join(sorted({a.lesion_type for a in lesions})),
+        official_split=first.official_split,
+        split=split,
+        side=first.side,
+        view=first.view,
+        pathology=image_pathology(pathologies),
+        image_file=read.image_file,
+        image_csv_path=read.image_csv_path,
+        abnormality_keys=tuple(a.key for a in lesions),
+        mask_files=tuple(a.mask_file for a in lesions),
+        lesion_pathologies=pathologies,
+        source_keys=tuple(copies),
+        image_files=files,
+    )
 
 
 def image_pathology(pathologies: tuple[str, ...]) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.catalog import Abnormality, Catalog, FullImage
+from data_pipeline.catalog import Abnormality, Catalog, FullImage, image_pathology
 
 TASKS = ("classification", "segmentation", "detection")
 SPLITS = ("train", "val", "test")
@@ -89,13 +89,16 @@ def abnormality_item(abn: Abnormality, task: str, labels: dict[str, int]) -> dic
 def image_item(
     image: FullImage, task: str, labels: dict[str, int], abnormalities: dict[str, Abnormality]
 ) -> dict[str, Any]:
-    """One whole-image classification or detection item."""
-    lesions = [abnormalities[k] for k in image.abnormality_keys]
+    """One whole-image classification or detection item: every lesion of ``abnormalities``
+    in the image (of any split: a cross-CSV image keeps its excluded rows' lesions too), the
+    label malignant if any of them is."""
+    lesions = [abnormalities[k] for k in image.abnormality_keys if k in abnormalities]
+    pathology = image_pathology(tuple(a.pathology for a in lesions))
     return {
         "task": task,
         "key": image.image_key,
         "split": image.split,
-        "label": labels[image.pathology],
+        "label": labels[pathology],
         "image_file": image.image_file,
         "image_csv_path": image.image_csv_path,
         "mask_files": [a.mask_file for a in lesions],
@@ -103,6 +106,7 @@ def image_item(
         "lesion_labels": [labels[a.pathology] for a in lesions],
         "lesion_keys": [a.key for a in lesions],
         **_metadata(image),
+        "pathology": pathology,
         "breast_density": lesions[0].breast_density,
     }
 
@@ -115,8 +119,12 @@ def plan_items(catalog: Catalog, cfg: PrepareConfig, task: str) -> list[dict[str
     if task == "segmentation" or (task == "classification" and cfg.cls_input == "crop"):
         items = [abnormality_item(a, task, labels) for a in abns]
     else:
-        by_key = {a.key: a for a in abns}
-        images = [i for i in catalog.images if i.split in SPLITS and i.lesion_type in keep]
+        by_key = {a.key: a for a in catalog.abnormalities if a.lesion_type in keep}
+        images = [
+            i
+            for i in catalog.images
+            if i.split in SPLITS and any(k in by_key for k in i.abnormality_keys)
+        ]
         items = [image_item(i, task, labels, by_key) for i in images]
     return sorted(items, key=lambda item: (item["split"], item["key"]))
 

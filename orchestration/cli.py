@@ -120,6 +120,9 @@ def prepare(
     ] = 0.05,
     csv: Annotated[Path | None, typer.Option("--csv", help="Folder of the case CSVs.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training patients in validation.")
+    ] = 0.15,
 ) -> None:
     """Convert DICOMs into Parquet shards with Ray Data: resumable, nothing lost, no PHI."""
     from data_pipeline.catalog import build_catalog
@@ -133,6 +136,7 @@ def prepare(
         tasks=tasks, cls_size=cls_size, seg_size=seg_size, det_size=det_size,
         lesion_type=lesion_type, cls_input=cls_input, label_map=label_map,
         shard_size=shard_size, seed=seed, max_quarantine=max_quarantine,
+        val_fraction=val_fraction,
     )  # fmt: skip
     catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=seed)
     init_ray(ctx.obj.address)

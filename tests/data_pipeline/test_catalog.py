@@ -25,7 +25,7 @@ def real_catalog(real_csv_dir: Path):
 def test_real_csv_counts(real_catalog) -> None:
     summary = real_catalog.summary()
     assert summary["abnormalities"] == 3568
-    assert summary["images"] == 3103
+    assert summary["images"] == 3032  # physical images: 3,103 series, 71 listed twice
     assert summary["patients"] == 1566
     assert summary["by_pathology"] == {
         "MALIGNANT": 637 + 147 + 544 + 129,
@@ -211,3 +211,49 @@ def test_mask_and_crop_told_apart_by_content_on_a_real_dicom(
     assert abn.mask_file == crop_csv and abn.crop_file == roi_csv
     assert abn.image_file == row["image file path"].strip()
     assert catalog.summary()["missing_files"] == 0
+
+
+def test_real_repeated_views_are_one_image(real_catalog) -> None:
+    summary = real_catalog.summary()
+    # 3,103 full-image series in the CSVs, 71 of them a second series of the same mammogram.
+    assert summary["duplicate_views"] == 71 and summary["images"] == 3032
+    views = [(i.patient_id, i.side, i.view) for i in real_catalog.images]
+    assert len(views) == len(set(views))  # one record per physical image: no view in two splits
+    merged = [i for i in real_catalog.images if len(i.source_keys) > 1]
+    assert len(merged) == 71 and all(i.lesion_type == "calc+mass" for i in merged)
+    lesions = {a.key: a for a in real_catalog.abnormalities}
+    for image in merged:
+        types = {lesions[k].lesion_type for k in image.abnormality_keys}
+        assert types == {"mass", "calc"} and len(image.image_files) == 2
+        malignant = any(lesions[k].pathology == "MALIGNANT" for k in image.abnormality_keys)
+        assert (image.pathology == "MALIGNANT") == malignant
+    assert sum(len({lesions[k].pathology for k in i.abnormality_keys}) > 1 for i in merged) > 0
+
+
+def test_real_cross_csv_images_go_where_their_patient_goes(real_catalog) -> None:
+    lesions = {a.key: a for a in real_catalog.abnormalities}
+    cross = [
+        i
+        for i in real_catalog.images
+        if {lesions[k].official_split for k in i.abnormality_keys} == {"train", "test"}
+    ]
+    assert len(cross) == 29
+    for image in cross:
+        assert image.split == "test"  # its patient is a test patient of the other lesion type
+        assert {lesions[k].split for k in image.abnormality_keys} == {"test", "excluded"}
+
+
+def test_real_detection_items_hold_every_lesion_of_the_image(real_catalog) -> None:
+    from data_pipeline.prepare_plan import PrepareConfig, plan_items
+
+    items = plan_items(real_catalog, PrepareConfig(), "detection")
+    images = {i.image_key: i for i in real_catalog.images}
+    assert len(items) == sum(i.split in ("train", "val", "test") for i in images.values())
+    for item in items:
+        image = images[item["key"]]
+        assert item["lesion_keys"] == list(image.abnormality_keys)
+        assert len(item["mask_files"]) == len(item["lesion_labels"]) == len(item["lesion_keys"])
+        assert item["label"] == int(image.pathology == "MALIGNANT")
+    mass_only = plan_items(real_catalog, PrepareConfig(lesion_type="mass"), "detection")
+    keys = {k for item in mass_only for k in item["lesion_keys"]}
+    assert keys and all("Mass-" in k for k in keys)
