@@ -4,11 +4,12 @@ The eight real full mammograms in ``tests/data/cbis-ddsm/dicom/`` (two test pati
 different shapes, Explicit VR LE and RLE Lossless) sit under their own rows of the official
 Mass-Test CSV, at the paths those rows name (the files' UIDs match them). Training and
 validation rows are real rows of the official Mass- and Calc-Training CSVs, copied verbatim,
-each borrowing one of the eight real files as its full mammogram: the pixels and the rows are
-real, their pairing is not (so the tree supports pipeline tests, not accuracy claims). One of
-them is a real repeated view, P_00034 RIGHT CC, listed by both training CSVs under two series.
-The ROI masks (8-bit, 0/255, the image's size, an ellipse well inside the breast) and lesion
-crops (16-bit) are made here, in the CSV layout the catalog resolves by path.
+each borrowing a copy of one of the eight real files of its side and view as its full
+mammogram: the pixels and the rows are real, their pairing is not (so the tree supports pipeline
+tests, not accuracy claims). One of them is a real repeated view, P_00034 RIGHT CC, listed by
+both training CSVs under two series. The ROI masks (8-bit, 0/255, the image's size, an ellipse
+wholly inside the breast) and lesion crops (16-bit) are made here, in the CSV layout the catalog
+resolves by path.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ TRAIN_VIEWS = {  # real training rows: (patient, side, view), benign and maligna
         ("P_00034", "RIGHT", "CC"),
     ],
     "calc": [("P_00034", "RIGHT", "CC")],
-}  # fmt: skip  (a table: one row per patient reads better than one view per line)
+}
 VAL_FRACTION = 0.4  # of 7 training patients: 3 validate (2 of 4 malignant, 1 of 3 benign)
 
 
@@ -48,8 +49,7 @@ def make_real_tree(out: Path) -> Path:
     """Write the tree under ``out`` (CSVs at its top); return ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted(REAL_DICOMS.glob("*.dcm"))
-    views = sorted({v for rows in TRAIN_VIEWS.values() for v in rows})
-    borrowed = {view: sources[i % len(sources)] for i, view in enumerate(views)}  # one per view
+    borrowed = _borrow(sorted({v for rows in TRAIN_VIEWS.values() for v in rows}), sources)
     for lesion_type, split in (("mass", "test"), ("mass", "train"), ("calc", "train")):
         name = f"{lesion_type}_case_description_{split}_set.csv"
         header, rows = _official_rows(name, lesion_type, split)
@@ -59,6 +59,16 @@ def make_real_tree(out: Path) -> Path:
     calc_test = "calc_case_description_test_set.csv"
     _write_csv(out / calc_test, _official_rows(calc_test, "calc", "test")[0], [])  # header only
     return out
+
+
+def _borrow(views: list[tuple[str, str, str]], sources: list[Path]) -> dict[tuple, Path]:
+    """A real file of the same side and view for each training view, the two owners in turn."""
+    borrowed: dict[tuple, Path] = {}
+    for patient, side, view in views:
+        same = [p for p in sources if f"_{side}_{view}_ds4" in p.name]
+        taken = sum(key[1:] == (side, view) for key in borrowed)
+        borrowed[patient, side, view] = same[taken % len(same)]
+    return borrowed
 
 
 def _official_rows(name: str, lesion_type: str, split: str) -> tuple[list[str], list[dict]]:
@@ -84,7 +94,14 @@ def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _write_row_files(out: Path, row: dict, lesion_type: str, split: str, sources, borrowed):
+def _write_row_files(
+    out: Path,
+    row: dict,
+    lesion_type: str,
+    split: str,
+    sources: list[Path],
+    borrowed: dict[tuple, Path],
+) -> None:
     """The row's full image (real, copied as it is), its ROI mask and its lesion crop."""
     image_path = out / row["image file path"].strip()
     if not image_path.is_file():
@@ -93,6 +110,7 @@ def _write_row_files(out: Path, row: dict, lesion_type: str, split: str, sources
         image_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, image_path)
     pixels = read_image(image_path)
+    # a view listed by both CSVs may reuse an abnormality id: its calc lesion sits elsewhere
     mask = lesion_mask(pixels, int(row["abnormality id"]) + (lesion_type == "calc"))
     x, y, w, h = cv2.boundingRect(mask)
     crop = np.ascontiguousarray(pixels[y : y + h, x : x + w])
@@ -107,15 +125,16 @@ def _own_file(subject: str, sources: list[Path]) -> Path:
 
 
 def lesion_mask(pixels: np.ndarray, number: int) -> np.ndarray:
-    """An ellipse of 255 well inside the breast (its pixels are bright, the background is 0)."""
+    """An ellipse of 255 (1-3 % of the breast) wholly inside it: breast pixels are bright, the
+    background is 0. Lesion ``number`` picks the centre's height, so lesions of one image differ."""
+    height = pixels.shape[0]
+    axes = (height // 20, height // 28)
     breast = (pixels > np.percentile(pixels[pixels > 0], 20)).astype(np.uint8)
-    inner = cv2.erode(breast, np.ones((61, 61), np.uint8))
+    reach = 2 * axes[0] + 1  # centres this far inside keep the whole ellipse in the breast
+    inner = cv2.erode(breast, np.ones((reach, reach), np.uint8))
     ys, xs = np.nonzero(inner)
-    order = np.argsort(ys)
-    centre = order[len(order) * (1 + number % 3) // 4]  # lesions of one image differ
-    h = pixels.shape[0]
+    centre = np.argsort(ys, kind="stable")[len(ys) * (1 + number % 3) // 4]
     mask = np.zeros(pixels.shape, np.uint8)
-    axes = (h // 28, h // 40)
     cv2.ellipse(mask, (int(xs[centre]), int(ys[centre])), axes, 30, 0, 360, 255, -1)
     return mask
 
