@@ -106,23 +106,34 @@ def main() -> None:
         catalog = build_catalog(data)
         cfg = PrepareConfig(tasks=("classification",))  # default shard size (64 images)
         items = plan_items(catalog, cfg, "classification")
-        print(f"{len(items)} images of {args.size[0]}x{args.size[1]} written in "
-              f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+        print(
+            f"{len(items)} images of {args.size[0]}x{args.size[1]} written in "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
         ours, reference = per_core(items, data, cfg)
-        print(f"per core: ours {ours:.1f} images/s, seed-style {reference:.1f} images/s, "
-              f"ratio {ours / reference:.1f}x")  # fmt: skip
+        print(
+            f"per core: ours {ours:.1f} images/s, seed-style {reference:.1f} images/s, "
+            f"ratio {ours / reference:.1f}x"
+        )
         ceiling = plain_processes(items, data, cfg)
         print(f"two plain processes on the same work: {ceiling:.2f}x (this machine's ceiling)")
         init_ray(num_cpus=4)
         pipeline(catalog, cfg, 2)  # warm-up: Ray worker processes start once
         big = repeated(catalog, max(1, args.images // len(items)))
         one, two = (pipeline(big, cfg, workers) for workers in (1, 2))
-        print(f"Ray Data pipeline: 1 worker {one:.1f} images/s, 2 workers {two:.1f} images/s "
-              f"({two / one:.2f}x)")  # fmt: skip
-    result = {"images_per_s": round(ours, 2), "reference_images_per_s": round(reference, 2),
-              "ratio": round(ours / reference, 2), "pipeline_1_worker_images_per_s": round(one, 2),
-              "pipeline_2_workers_images_per_s": round(two, 2), "scaling": round(two / one, 2),
-              "plain_process_scaling": round(ceiling, 2)}  # fmt: skip
+        print(
+            f"Ray Data pipeline: 1 worker {one:.1f} images/s, 2 workers {two:.1f} images/s "
+            f"({two / one:.2f}x)"
+        )
+    result = {
+        "images_per_s": round(ours, 2),
+        "reference_images_per_s": round(reference, 2),
+        "ratio": round(ours / reference, 2),
+        "pipeline_1_worker_images_per_s": round(one, 2),
+        "pipeline_2_workers_images_per_s": round(two, 2),
+        "scaling": round(two / one, 2),
+        "plain_process_scaling": round(ceiling, 2),
+    }
     print(json.dumps(result))
 
 

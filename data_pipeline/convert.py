@@ -45,8 +45,14 @@ def write_shard(
         try:
             rows.append(convert_item(item, Path(root), cfg))
         except Quarantined as bad:
-            quarantined.append({"source_path": bad.source_path, "task": spec["task"],
-                                "reason": bad.reason, "key": item["key"]})  # fmt: skip
+            quarantined.append(
+                {
+                    "source_path": bad.source_path,
+                    "task": spec["task"],
+                    "reason": bad.reason,
+                    "key": item["key"],
+                }
+            )
     if rows:
         _atomic_write(target, _parquet_bytes(rows))
     result = {
@@ -133,8 +139,9 @@ def _run_shards(specs, root: Path, out: Path, cfg: PrepareConfig, workers: int |
     # per-operator reservations Ray Data runs one task until it has seen an output size; the
     # downstream-capacity policy (outputs vs the consumer's in-flight bytes) later falls back to
     # one task at a time, as the driver's loop holds almost nothing in flight.
-    with data_context(op_resource_reservation_enabled=False,
-                      downstream_capacity_backpressure_ratio=None):  # fmt: skip
+    with data_context(
+        op_resource_reservation_enabled=False, downstream_capacity_backpressure_ratio=None
+    ):
         ds = ray.data.from_items(rows, override_num_blocks=len(specs))
         ds = ds.map(convert, compute=ray.data.TaskPoolStrategy(size=workers))
     return [json.loads(row["result"]) for row in ds.iter_rows()]
@@ -161,11 +168,20 @@ def _task_summary(task: str, results: list[dict[str, Any]], rejected: int) -> di
 
 
 def _quarantine_rows(catalog: Catalog, task: str, results) -> list[dict[str, str]]:
-    rows = [{k: q[k] for k in ("source_path", "task", "reason")} | {"key": q["key"]}
-            for r in results for q in r["quarantine"]]  # fmt: skip
+    rows = [
+        {k: q[k] for k in ("source_path", "task", "reason")} | {"key": q["key"]}
+        for r in results
+        for q in r["quarantine"]
+    ]
     for rej in catalog.rejected:
-        rows.append({"source_path": f"{rej.csv_file}:{rej.line}", "task": task,
-                     "reason": f"rejected CSV row: {rej.reason}", "key": rej.key or ""})  # fmt: skip
+        rows.append(
+            {
+                "source_path": f"{rej.csv_file}:{rej.line}",
+                "task": task,
+                "reason": f"rejected CSV row: {rej.reason}",
+                "key": rej.key or "",
+            }
+        )
     return rows
 
 

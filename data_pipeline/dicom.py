@@ -168,8 +168,9 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels,
-                                 defer_size=_DEFER_BYTES)  # fmt: skip
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=stop_before_pixels, defer_size=_DEFER_BYTES
+            )
         except FileNotFoundError:
             raise DicomError("file not found") from None
         except IsADirectoryError:

@@ -21,8 +21,18 @@ LABEL_MAPS = {
     "binary": {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0, "MALIGNANT": 1},
     "3class": {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 1, "MALIGNANT": 2},
 }
-METADATA = ("patient_id", "lesion_type", "side", "view", "breast_density", "assessment",
-            "subtlety", "morphology", "distribution", "pathology")  # fmt: skip
+METADATA = (
+    "patient_id",
+    "lesion_type",
+    "side",
+    "view",
+    "breast_density",
+    "assessment",
+    "subtlety",
+    "morphology",
+    "distribution",
+    "pathology",
+)
 
 
 @dataclass(frozen=True)

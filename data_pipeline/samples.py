@@ -49,8 +49,21 @@ def _load_mask(root: Path, rel: str | None, csv_path: str, shape: tuple[int, ...
 
 
 def _base(item: dict[str, Any]) -> dict[str, Any]:
-    keep = ("key", "split", "label", "patient_id", "lesion_type", "side", "view",
-            "breast_density", "assessment", "subtlety", "morphology", "distribution", "pathology")  # fmt: skip
+    keep = (
+        "key",
+        "split",
+        "label",
+        "patient_id",
+        "lesion_type",
+        "side",
+        "view",
+        "breast_density",
+        "assessment",
+        "subtlety",
+        "morphology",
+        "distribution",
+        "pathology",
+    )
     return {k: item.get(k) for k in keep}
 
 
@@ -63,8 +76,12 @@ def _classification(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dic
         out = transforms.lesion_crop(
             image, mask, cfg.cls_size, margin=cfg.margin, clip_limit=cfg.clahe_clip
         )
-    return {**_base(item), "image": transforms.encode_png(out), "height": out.shape[0],
-            "width": out.shape[1]}  # fmt: skip
+    return {
+        **_base(item),
+        "image": transforms.encode_png(out),
+        "height": out.shape[0],
+        "width": out.shape[1],
+    }
 
 
 def _segmentation(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
@@ -73,9 +90,13 @@ def _segmentation(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[
     crop, crop_mask = transforms.tumour_crop(
         image, mask, cfg.seg_size, margin=cfg.margin, clip_limit=cfg.clahe_clip
     )
-    return {**_base(item), "image": transforms.encode_png(crop),
-            "mask": transforms.encode_png((crop_mask > 0).astype(np.uint8) * 255),
-            "height": crop.shape[0], "width": crop.shape[1]}  # fmt: skip
+    return {
+        **_base(item),
+        "image": transforms.encode_png(crop),
+        "mask": transforms.encode_png((crop_mask > 0).astype(np.uint8) * 255),
+        "height": crop.shape[0],
+        "width": crop.shape[1],
+    }
 
 
 def _detection(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
@@ -85,9 +106,15 @@ def _detection(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str
         for rel, csv_path in zip(item["mask_files"], item["mask_csv_paths"], strict=True)
     ]
     out, boxes = transforms.detection_image(image, masks, cfg.det_size, clip_limit=cfg.clahe_clip)
-    return {**_base(item), "image": transforms.encode_png(out), "height": out.shape[0],
-            "width": out.shape[1], "boxes": np.asarray(boxes, np.float32).tolist(),
-            "box_labels": list(item["lesion_labels"]), "lesion_keys": list(item["lesion_keys"])}  # fmt: skip
+    return {
+        **_base(item),
+        "image": transforms.encode_png(out),
+        "height": out.shape[0],
+        "width": out.shape[1],
+        "boxes": np.asarray(boxes, np.float32).tolist(),
+        "box_labels": list(item["lesion_labels"]),
+        "lesion_keys": list(item["lesion_keys"]),
+    }
 
 
 CONVERTERS = {

@@ -36,17 +36,46 @@ BATCH_DATE = {
     "Calc-Training": "08-07-2016",
     "Calc-Test": "08-29-2017",
 }
-MASS_COLUMNS = ["patient_id", "breast_density", "left or right breast", "image view",
-                "abnormality id", "abnormality type", "mass shape", "mass margins", "assessment",
-                "pathology", "subtlety", "image file path", "cropped image file path",
-                "ROI mask file path"]  # fmt: skip
+MASS_COLUMNS = [
+    "patient_id",
+    "breast_density",
+    "left or right breast",
+    "image view",
+    "abnormality id",
+    "abnormality type",
+    "mass shape",
+    "mass margins",
+    "assessment",
+    "pathology",
+    "subtlety",
+    "image file path",
+    "cropped image file path",
+    "ROI mask file path",
+]
 CALC_COLUMNS = [c.replace("breast_density", "breast density") for c in MASS_COLUMNS[:6]] + [
-    "calc type", "calc distribution", *MASS_COLUMNS[8:]
-]  # fmt: skip
-NBIA_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Description URI",
-                "Subject ID", "Study UID", "Study Description", "Study Date", "Series Description",
-                "Manufacturer", "Modality", "SOP Class Name", "SOP Class UID", "Number of Images",
-                "File Size", "File Location", "Download Timestamp"]  # fmt: skip
+    "calc type",
+    "calc distribution",
+    *MASS_COLUMNS[8:],
+]
+NBIA_COLUMNS = [
+    "Series UID",
+    "Collection",
+    "3rd Party Analysis",
+    "Data Description URI",
+    "Subject ID",
+    "Study UID",
+    "Study Description",
+    "Study Date",
+    "Series Description",
+    "Manufacturer",
+    "Modality",
+    "SOP Class Name",
+    "SOP Class UID",
+    "Number of Images",
+    "File Size",
+    "File Location",
+    "Download Timestamp",
+]
 
 
 @dataclass(frozen=True)
@@ -76,15 +105,33 @@ class _Writer:
         digits = "".join(str(d) for d in self.rng.integers(0, 10, 37))
         return f"{UID_ROOT}{self.rng.integers(1, 10)}{digits}"
 
-    def series(self, subject: str, study: str, series: str, description: str,
-               files: list[tuple[int, np.ndarray]], view: str, side: str) -> None:  # fmt: skip
+    def series(
+        self,
+        subject: str,
+        study: str,
+        series: str,
+        description: str,
+        files: list[tuple[int, np.ndarray]],
+        view: str,
+        side: str,
+    ) -> None:
         """Write one series; ``files`` holds (CSV index N of ``00000N.dcm``, pixels)."""
         folder = self._folder(subject, study, series, description)
         folder.mkdir(parents=True, exist_ok=True)
         for position, (index, pixels) in enumerate(files):
             name = f"{index:06d}.dcm" if self.cfg.layout == "csv" else f"1-{position + 1}.dcm"
-            _write_dicom(folder / name, pixels, subject, study, series, description, view, side,
-                         self.uid(), position + 1)  # fmt: skip
+            _write_dicom(
+                folder / name,
+                pixels,
+                subject,
+                study,
+                series,
+                description,
+                view,
+                side,
+                self.uid(),
+                position + 1,
+            )
         if self.cfg.layout == "nbia":
             self._metadata_row(subject, study, series, description, folder, len(files))
 
@@ -100,22 +147,41 @@ class _Writer:
 
     def _metadata_row(self, subject, study, series, description, folder, count) -> None:
         size = sum(f.stat().st_size for f in folder.iterdir())
-        self.metadata.append({
-            "Series UID": series, "Collection": "CBIS-DDSM", "3rd Party Analysis": "NO",
-            "Data Description URI": "https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY",
-            "Subject ID": subject, "Study UID": study, "Study Description": "",
-            "Study Date": BATCH_DATE[subject.split("_")[0]], "Series Description": description,
-            "Manufacturer": "", "Modality": "MG",
-            "SOP Class Name": "Secondary Capture Image Storage",
-            "SOP Class UID": SecondaryCaptureImageStorage, "Number of Images": str(count),
-            "File Size": f"{size / 1e6:.2f} MB",
-            "File Location": "./" + folder.relative_to(self.out).as_posix(),
-            "Download Timestamp": "2026-01-01T00:00:00.000",
-        })  # fmt: skip
+        self.metadata.append(
+            {
+                "Series UID": series,
+                "Collection": "CBIS-DDSM",
+                "3rd Party Analysis": "NO",
+                "Data Description URI": "https://doi.org/10.7937/K9/TCIA.2016.7O02S9CY",
+                "Subject ID": subject,
+                "Study UID": study,
+                "Study Description": "",
+                "Study Date": BATCH_DATE[subject.split("_")[0]],
+                "Series Description": description,
+                "Manufacturer": "",
+                "Modality": "MG",
+                "SOP Class Name": "Secondary Capture Image Storage",
+                "SOP Class UID": SecondaryCaptureImageStorage,
+                "Number of Images": str(count),
+                "File Size": f"{size / 1e6:.2f} MB",
+                "File Location": "./" + folder.relative_to(self.out).as_posix(),
+                "Download Timestamp": "2026-01-01T00:00:00.000",
+            }
+        )
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, subject: str, study: str, series: str,
-                 description: str, view: str, side: str, sop: str, number: int) -> None:  # fmt: skip
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    subject: str,
+    study: str,
+    series: str,
+    description: str,
+    view: str,
+    side: str,
+    sop: str,
+    number: int,
+) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = sop
@@ -140,14 +206,25 @@ def _write_dicom(path: Path, pixels: np.ndarray, subject: str, study: str, serie
 
 def _descriptors(lesion_type: str, malignant: bool, rng: np.random.Generator) -> list[str]:
     if lesion_type == "mass":
-        shape = rng.choice(["IRREGULAR", "IRREGULAR-ARCHITECTURAL_DISTORTION"] if malignant
-                           else ["ROUND", "OVAL", "LOBULATED"])  # fmt: skip
-        margins = rng.choice(["SPICULATED", "ILL_DEFINED", "N/A"] if malignant
-                             else ["CIRCUMSCRIBED", "OBSCURED", "N/A"])  # fmt: skip
+        shape = rng.choice(
+            ["IRREGULAR", "IRREGULAR-ARCHITECTURAL_DISTORTION"]
+            if malignant
+            else ["ROUND", "OVAL", "LOBULATED"]
+        )
+        margins = rng.choice(
+            ["SPICULATED", "ILL_DEFINED", "N/A"]
+            if malignant
+            else ["CIRCUMSCRIBED", "OBSCURED", "N/A"]
+        )
         return [str(shape), str(margins)]
-    kind = rng.choice(["PLEOMORPHIC", "FINE_LINEAR_BRANCHING", "PLEOMORPHIC-PLEOMORPHIC"]
-                      if malignant else ["ROUND_AND_REGULAR", "LUCENT_CENTERED", "PUNCTATE"])  # fmt: skip
-    spread = rng.choice(["CLUSTERED", "LINEAR", "N/A"] if malignant else ["N/A", "REGIONAL", "CLUSTERED"])  # fmt: skip
+    kind = rng.choice(
+        ["PLEOMORPHIC", "FINE_LINEAR_BRANCHING", "PLEOMORPHIC-PLEOMORPHIC"]
+        if malignant
+        else ["ROUND_AND_REGULAR", "LUCENT_CENTERED", "PUNCTATE"]
+    )
+    spread = rng.choice(
+        ["CLUSTERED", "LINEAR", "N/A"] if malignant else ["N/A", "REGIONAL", "CLUSTERED"]
+    )
     return [str(kind), str(spread)]
 
 
@@ -155,8 +232,16 @@ def _pathology(rng: np.random.Generator) -> str:
     return str(rng.choice(["MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK"], p=[0.45, 0.4, 0.15]))
 
 
-def _image(w: _Writer, patient: str, lesion_type: str, split: str, side: str, view: str,
-           pathologies: list[str], density: int) -> None:  # fmt: skip
+def _image(
+    w: _Writer,
+    patient: str,
+    lesion_type: str,
+    split: str,
+    side: str,
+    view: str,
+    pathologies: list[str],
+    density: int,
+) -> None:
     """One full image with its lesions, their crops and masks, and their CSV rows."""
     prefix = SUBJECT_PREFIX[(lesion_type, split)]
     subject = f"{prefix}_{patient}_{side}_{view}"
@@ -170,19 +255,38 @@ def _image(w: _Writer, patient: str, lesion_type: str, split: str, side: str, vi
         mask = lesion.mask
         if w.rng.random() < w.cfg.small_mask_share:
             mask = shrink_mask(mask, w.rng.uniform(0.93, 0.97))
-        crop_path, roi_path = _roi_series(w, f"{subject}_{number}", lesion_type, view, side,
-                                          lesion_crop(image, lesion.box), mask)  # fmt: skip
+        crop_path, roi_path = _roi_series(
+            w, f"{subject}_{number}", lesion_type, view, side, lesion_crop(image, lesion.box), mask
+        )
         malignant = pathology == "MALIGNANT"
         assessment = w.rng.choice([4, 5]) if malignant else w.rng.choice([2, 3, 4])
-        row = [patient, str(density), side, view, str(number),
-               "mass" if lesion_type == "mass" else "calcification",
-               *_descriptors(lesion_type, malignant, w.rng), str(assessment), pathology,
-               str(w.rng.integers(1, 6)), image_path, crop_path, roi_path]  # fmt: skip
+        row = [
+            patient,
+            str(density),
+            side,
+            view,
+            str(number),
+            "mass" if lesion_type == "mass" else "calcification",
+            *_descriptors(lesion_type, malignant, w.rng),
+            str(assessment),
+            pathology,
+            str(w.rng.integers(1, 6)),
+            image_path,
+            crop_path,
+            roi_path,
+        ]
         w.csv_rows.setdefault((lesion_type, split), []).append(row)
 
 
-def _roi_series(w: _Writer, subject: str, lesion_type: str, view: str, side: str,
-                crop: np.ndarray, mask: np.ndarray) -> tuple[str, str]:  # fmt: skip
+def _roi_series(
+    w: _Writer,
+    subject: str,
+    lesion_type: str,
+    view: str,
+    side: str,
+    crop: np.ndarray,
+    mask: np.ndarray,
+) -> tuple[str, str]:
     """Write crop and mask as CBIS-DDSM does; return the CSV's (crop, ROI) paths with its quirks."""
     study, series = w.uid(), w.uid()
     crop_index, mask_index = (0, 1) if lesion_type == "mass" else (1, 0)

@@ -96,19 +96,28 @@ def _family(task: Task, library: str, build, groups, weights_source) -> Callable
     """A maker of registry entries for one library's architectures."""
 
     def make(name: str, config: Any, **entry: Any) -> ModelEntry:
-        return ModelEntry(name=name, task=task, library=library,
-                          build=partial(build, config=config), groups=groups,
-                          weights_source=partial(weights_source, config=config), **entry)  # fmt: skip
+        return ModelEntry(
+            name=name,
+            task=task,
+            library=library,
+            build=partial(build, config=config),
+            groups=groups,
+            weights_source=partial(weights_source, config=config),
+            **entry,
+        )
 
     return make
 
 
-_classifier = _family("classification", "timm", build_classifier, classifier_groups,
-                      classifier_weights_source)  # fmt: skip
-_segmenter = _family("segmentation", "smp", build_segmenter, segmenter_groups,
-                     segmenter_weights_source)  # fmt: skip
-_detector = _family("detection", "torchvision", build_detector, detector_groups,
-                    detector_weights_source)  # fmt: skip
+_classifier = _family(
+    "classification", "timm", build_classifier, classifier_groups, classifier_weights_source
+)
+_segmenter = _family(
+    "segmentation", "smp", build_segmenter, segmenter_groups, segmenter_weights_source
+)
+_detector = _family(
+    "detection", "torchvision", build_detector, detector_groups, detector_weights_source
+)
 
 
 _ENTRIES = (
@@ -264,9 +273,15 @@ def models_table(input_size: int | None = None) -> list[dict[str, Any]]:
         info = model_info(name)
         row = {"name": name, "task": entry.task, "library": entry.library}
         rows.append(
-            {**row, "input_size": size, "params": params, "unfreeze_choices": list(choices),
-             "study_unfreeze": info["study_unfreeze"], "weights_file": info["weights_file"]}
-        )  # fmt: skip
+            {
+                **row,
+                "input_size": size,
+                "params": params,
+                "unfreeze_choices": list(choices),
+                "study_unfreeze": info["study_unfreeze"],
+                "weights_file": info["weights_file"],
+            }
+        )
     return rows
 
 

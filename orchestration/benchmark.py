@@ -44,8 +44,9 @@ class BenchmarkJob:
         return f"benchmark-{self.bench.name}"
 
 
-def run_benchmark(job: BenchmarkJob, settings: Settings, echo: Callable[[str], None] = print
-                  ) -> dict[str, Any]:  # fmt: skip
+def run_benchmark(
+    job: BenchmarkJob, settings: Settings, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run (or resume) a benchmark; return its leaderboard rows and where its files went."""
     client = tracking.client_for(settings.tracking_uri)
     local = settings.tracking_uri.startswith("sqlite:")
@@ -54,10 +55,24 @@ def run_benchmark(job: BenchmarkJob, settings: Settings, echo: Callable[[str], N
     )
     name = benchmark_name(job, client, exp_id)
     prep = prepared_data(job, settings, echo)
-    top = tracking.SweepRun.open(client, exp_id, name, resume=job.resume, kind="benchmark",
-                                 tags={"mammobench.config": job.bench.path})  # fmt: skip
-    top.log_config({"config": job.bench.name, "prepared": str(prep), "prepare": job.bench.prepare,
-                    "sweeps": len(job.bench.runs)}, job.bench.to_dict(), "benchmark.yaml")  # fmt: skip
+    top = tracking.SweepRun.open(
+        client,
+        exp_id,
+        name,
+        resume=job.resume,
+        kind="benchmark",
+        tags={"mammobench.config": job.bench.path},
+    )
+    top.log_config(
+        {
+            "config": job.bench.name,
+            "prepared": str(prep),
+            "prepare": job.bench.prepare,
+            "sweeps": len(job.bench.runs),
+        },
+        job.bench.to_dict(),
+        "benchmark.yaml",
+    )
 
     def one(run: BenchmarkRun) -> bool:
         return _run_one(job, run, name, prep, settings, top, echo)
@@ -70,8 +85,15 @@ def run_benchmark(job: BenchmarkJob, settings: Settings, echo: Callable[[str], N
     files = write_leaderboard(rows, folder)
     tracking.log_files(client, top.run_id, files)
     top.client.set_terminated(top.run_id, "FAILED" if failed else "FINISHED")
-    return {"name": name, "experiment": job.experiment, "run_id": top.run_id, "rows": rows,
-            "folder": str(folder), "failed": failed, "prepared": str(prep)}  # fmt: skip
+    return {
+        "name": name,
+        "experiment": job.experiment,
+        "run_id": top.run_id,
+        "rows": rows,
+        "folder": str(folder),
+        "failed": failed,
+        "prepared": str(prep),
+    }
 
 
 def parallel_sweeps(bench: Benchmark) -> int:
@@ -110,8 +132,10 @@ def prepared_data(job: BenchmarkJob, settings: Settings, echo: Callable[[str], N
     data = job.data
     if data is None:
         if not job.bench.synth:
-            raise ValueError(f"{job.bench.path}: no synth section: pass --data (a CBIS-DDSM "
-                             "download or prepared shards)")  # fmt: skip
+            raise ValueError(
+                f"{job.bench.path}: no synth section: pass --data (a CBIS-DDSM "
+                "download or prepared shards)"
+            )
         data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
     out = (job.prep or settings.home / "prepared" / job.bench.name).resolve()
     return prepare_once(data, out, job.bench.prepare, echo)
@@ -128,8 +152,9 @@ def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) ->
     return out
 
 
-def prepare_once(data: Path, out: Path, options: dict[str, Any],
-                 echo: Callable[[str], None]) -> Path:  # fmt: skip
+def prepare_once(
+    data: Path, out: Path, options: dict[str, Any], echo: Callable[[str], None]
+) -> Path:
     """Prepare all tasks of ``data`` into ``out`` (a no-op when shards of the same inputs are there)."""
     from data_pipeline.catalog import build_catalog
     from data_pipeline.convert import prepare
@@ -142,12 +167,23 @@ def prepare_once(data: Path, out: Path, options: dict[str, Any],
     return out
 
 
-def _run_one(job: BenchmarkJob, run: BenchmarkRun, bench: str, prep: Path, settings: Settings,
-             top: tracking.SweepRun, echo: Callable[[str], None]) -> bool:  # fmt: skip
+def _run_one(
+    job: BenchmarkJob,
+    run: BenchmarkRun,
+    bench: str,
+    prep: Path,
+    settings: Settings,
+    top: tracking.SweepRun,
+    echo: Callable[[str], None],
+) -> bool:
     """One sweep of the benchmark; False when it failed (the benchmark goes on)."""
     name = f"{bench}-{run.key}"
-    tags = {"mammobench.setting": run.setting, "mammobench.model": run.model,
-            "mammobench.task": run.task, tracking.BENCH_TAG: bench}  # fmt: skip
+    tags = {
+        "mammobench.setting": run.setting,
+        "mammobench.model": run.model,
+        "mammobench.task": run.task,
+        tracking.BENCH_TAG: bench,
+    }
     if tracking.sweep_done(top.client, top.experiment_id, name):
         echo(f"{run.key}: finished in an earlier attempt, not re-run")
         return True
@@ -156,28 +192,55 @@ def _run_one(job: BenchmarkJob, run: BenchmarkRun, bench: str, prep: Path, setti
         ok, reason = weights_available(spec)
         if not ok:
             echo(f"{run.key}: skipped: {reason.splitlines()[0]}")
-            tracking.record_outcome(top.client, top.experiment_id, name, top.run_id, tags,
-                                    skipped=reason)  # fmt: skip
+            tracking.record_outcome(
+                top.client, top.experiment_id, name, top.run_id, tags, skipped=reason
+            )
             return True
     echo(f"{run.key}: sweeping {run.model} on {run.task} ({run.setting})")
     try:
         summary = run_sweep(_sweep_config(job, run, name, prep, top, tags), settings)
     except Exception as exc:  # one broken architecture must not end a many-hour benchmark
         error = f"{type(exc).__name__}: {exc}"
-        run_id = tracking.record_outcome(top.client, top.experiment_id, name, top.run_id, tags,
-                                         error=error, detail=traceback.format_exc())  # fmt: skip
+        run_id = tracking.record_outcome(
+            top.client,
+            top.experiment_id,
+            name,
+            top.run_id,
+            tags,
+            error=error,
+            detail=traceback.format_exc(),
+        )
         echo(f"{run.key}: failed: {error} (traceback: {tracking.ERROR_FILE} of run {run_id})")
         return False
     return summary["best"] is not None
 
 
-def _sweep_config(job: BenchmarkJob, run: BenchmarkRun, name: str, prep: Path,
-                  top: tracking.SweepRun, tags: dict[str, str]) -> SweepConfig:  # fmt: skip
+def _sweep_config(
+    job: BenchmarkJob,
+    run: BenchmarkRun,
+    name: str,
+    prep: Path,
+    top: tracking.SweepRun,
+    tags: dict[str, str],
+) -> SweepConfig:
     sweep = dict(run.sweep)
     fixed = {**sweep.pop("fix", {}), "pretrained": run.setting == "pretrained"}
     train = {**sweep.pop("train", {}), "weights_dir": job.weights_dir}
-    exists = bool(tracking.find_runs(top.client, top.experiment_id,
-                                     {tracking.SWEEP_TAG: name, tracking.KIND_TAG: "sweep"}))  # fmt: skip
-    return SweepConfig(model=run.model, data=str(prep), task=run.task, name=name,
-                       resume=exists, experiment=job.experiment, parent_run=top.run_id,
-                       fixed=fixed, train=train, tags=tags, **sweep)  # fmt: skip
+    exists = bool(
+        tracking.find_runs(
+            top.client, top.experiment_id, {tracking.SWEEP_TAG: name, tracking.KIND_TAG: "sweep"}
+        )
+    )
+    return SweepConfig(
+        model=run.model,
+        data=str(prep),
+        task=run.task,
+        name=name,
+        resume=exists,
+        experiment=job.experiment,
+        parent_run=top.run_id,
+        fixed=fixed,
+        train=train,
+        tags=tags,
+        **sweep,
+    )

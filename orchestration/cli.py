@@ -133,11 +133,18 @@ def prepare(
 
     tasks = TASKS if task == "all" else (task,)
     cfg = PrepareConfig(
-        tasks=tasks, cls_size=cls_size, seg_size=seg_size, det_size=det_size,
-        lesion_type=lesion_type, cls_input=cls_input, label_map=label_map,
-        shard_size=shard_size, seed=seed, max_quarantine=max_quarantine,
+        tasks=tasks,
+        cls_size=cls_size,
+        seg_size=seg_size,
+        det_size=det_size,
+        lesion_type=lesion_type,
+        cls_input=cls_input,
+        label_map=label_map,
+        shard_size=shard_size,
+        seed=seed,
+        max_quarantine=max_quarantine,
         val_fraction=val_fraction,
-    )  # fmt: skip
+    )
     catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=seed)
     init_ray(ctx.obj.address)
     manifest = run_prepare(catalog, out, cfg, workers=workers, print_fn=typer.echo)
@@ -190,12 +197,27 @@ def train(
     from orchestration.train_driver import check_job, run_training
 
     cfg = TrainConfig(
-        model=model, data=str(data.resolve()), task=task, epochs=epochs, lr=lr,
-        batch_size=batch_size, pretrained=pretrained, unfreeze=unfreeze, workers=workers,
-        gpus_per_worker=gpus_per_worker, balance=balance, schedule=schedule, patience=patience,
-        in_chans=in_chans, encoder=encoder, weights_dir=weights_dir, augment=augment,
-        max_failures=max_failures, seed=seed, detection_classes=detection_classes,
-    )  # fmt: skip
+        model=model,
+        data=str(data.resolve()),
+        task=task,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        pretrained=pretrained,
+        unfreeze=unfreeze,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        balance=balance,
+        schedule=schedule,
+        patience=patience,
+        in_chans=in_chans,
+        encoder=encoder,
+        weights_dir=weights_dir,
+        augment=augment,
+        max_failures=max_failures,
+        seed=seed,
+        detection_classes=detection_classes,
+    )
     with user_errors():  # bad names, missing data or weights fail before Ray starts
         check_job(cfg.with_manifest())
     init_ray(ctx.obj.address)
@@ -271,11 +293,24 @@ def tune(
     train |= {"weights_dir": weights_dir} if weights_dir else {}
     with user_errors(SpaceError):
         sweep = SweepConfig(
-            model=model, data=str(data), task=task, space=space, samples=samples,
-            max_epochs=max_epochs, scheduler=scheduler, search=search, workers=workers,
-            gpus_per_trial=gpus_per_trial, name=name, resume=resume, grace_epochs=grace_epochs,
-            max_failures=max_failures, seed=seed, train=train, max_concurrent=max_concurrent,
-        )  # fmt: skip
+            model=model,
+            data=str(data),
+            task=task,
+            space=space,
+            samples=samples,
+            max_epochs=max_epochs,
+            scheduler=scheduler,
+            search=search,
+            workers=workers,
+            gpus_per_trial=gpus_per_trial,
+            name=name,
+            resume=resume,
+            grace_epochs=grace_epochs,
+            max_failures=max_failures,
+            seed=seed,
+            train=train,
+            max_concurrent=max_concurrent,
+        )
         from orchestration.train_driver import check_job
 
         check_job(sweep.base())
@@ -331,8 +366,13 @@ def benchmark(
     job = BenchmarkJob(bench, data, prep, name, resume, weights_dir)
     with user_errors(SpaceError):
         result = run_benchmark(job, ctx.obj, typer.echo)
-    report = write_report(client_for(ctx.obj.tracking_uri), job.experiment,
-                          Path(result["folder"]), ctx.obj.home, result["run_id"])  # fmt: skip
+    report = write_report(
+        client_for(ctx.obj.tracking_uri),
+        job.experiment,
+        Path(result["folder"]),
+        ctx.obj.home,
+        result["run_id"],
+    )
     typer.echo(benchmark_text(result, report, ctx.obj))
     if as_json:
         typer.echo(json.dumps(result | {"report": str(report)}, default=str))

@@ -16,14 +16,40 @@ from orchestration.metrics import DETECTION_RULE
 from search_spaces.benchmarks import published
 
 PRIMARY = {"classification": "accuracy", "segmentation": "dice", "detection": "map50"}
-EXTRA = {"classification": ("auc", "sensitivity", "specificity", "balanced_accuracy"),
-         "segmentation": ("iou", "pixel_accuracy"), "detection": ("froc_sens_1fp", "map50_malignancy")}  # fmt: skip
+EXTRA = {
+    "classification": ("auc", "sensitivity", "specificity", "balanced_accuracy"),
+    "segmentation": ("iou", "pixel_accuracy"),
+    "detection": ("froc_sens_1fp", "map50_malignancy"),
+}
 PARAMS = ("lr", "unfreeze", "batch_size", "weight_decay")
-COLUMNS = ["model", "task", "setting", "status", "metric", "published", "test", "test_ci_low",
-           "test_ci_high", "auc", "auc_ci_low", "auc_ci_high", "sensitivity", "specificity",
-           "balanced_accuracy", "iou", "pixel_accuracy", "froc_sens_1fp", "map50_malignancy",
-           "published_other",
-           "gpu_hours", "trial_hours", "trials", "best_params", "note", "sweep_run_id"]  # fmt: skip
+COLUMNS = [
+    "model",
+    "task",
+    "setting",
+    "status",
+    "metric",
+    "published",
+    "test",
+    "test_ci_low",
+    "test_ci_high",
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "sensitivity",
+    "specificity",
+    "balanced_accuracy",
+    "iou",
+    "pixel_accuracy",
+    "froc_sens_1fp",
+    "map50_malignancy",
+    "published_other",
+    "gpu_hours",
+    "trial_hours",
+    "trials",
+    "best_params",
+    "note",
+    "sweep_run_id",
+]
 
 
 def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
@@ -35,18 +61,27 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
     metric = PRIMARY.get(task, "")
     figures = published(model, setting)
     row: dict[str, Any] = {
-        "model": model, "task": task, "setting": setting, "metric": metric,
-        "status": _status(run), "published": figures.get(metric),
+        "model": model,
+        "task": task,
+        "setting": setting,
+        "metric": metric,
+        "status": _status(run),
+        "published": figures.get(metric),
         "published_other": "; ".join(f"{k} {v:.4g}" for k, v in figures.items() if k != metric),
-        "test": metrics.get(f"test_{metric}"), "test_ci_low": metrics.get(f"test_{metric}_ci_low"),
+        "test": metrics.get(f"test_{metric}"),
+        "test_ci_low": metrics.get(f"test_{metric}_ci_low"),
         "test_ci_high": metrics.get(f"test_{metric}_ci_high"),
-        "auc_ci_low": metrics.get("test_auc_ci_low"), "auc_ci_high": metrics.get("test_auc_ci_high"),
-        "gpu_hours": metrics.get("gpu_hours"), "trial_hours": metrics.get("trial_hours"),
-        "trials": trials, "note": tags.get("mammobench.skipped") or _error(run),
-        "best_params": ", ".join(f"{k}={params[f'best.{k}']}" for k in PARAMS
-                                 if f"best.{k}" in params),
+        "auc_ci_low": metrics.get("test_auc_ci_low"),
+        "auc_ci_high": metrics.get("test_auc_ci_high"),
+        "gpu_hours": metrics.get("gpu_hours"),
+        "trial_hours": metrics.get("trial_hours"),
+        "trials": trials,
+        "note": tags.get("mammobench.skipped") or _error(run),
+        "best_params": ", ".join(
+            f"{k}={params[f'best.{k}']}" for k in PARAMS if f"best.{k}" in params
+        ),
         "sweep_run_id": run.info.run_id,
-    }  # fmt: skip
+    }
     for key in EXTRA.get(task, ()):
         row[key] = metrics.get(f"test_{key}")
     return {column: row.get(column) for column in COLUMNS}
@@ -69,8 +104,10 @@ def _status(run: Any) -> str:
 def order_rows(rows: list[dict[str, Any]], order: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Rows in the benchmark config's order (unknown ones last, by name)."""
     rank = {key: i for i, key in enumerate(order)}
-    return sorted(rows, key=lambda r: (rank.get((r["model"], r["setting"]), len(rank)),
-                                       r["model"], r["setting"]))  # fmt: skip
+    return sorted(
+        rows,
+        key=lambda r: (rank.get((r["model"], r["setting"]), len(rank)), r["model"], r["setting"]),
+    )
 
 
 def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
@@ -85,8 +122,18 @@ def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     return [csv_path, md_path]
 
 
-HEADER = ("Architecture", "Task", "Setting", "Published (test)", "Ours (test, 95% CI)", "AUC",
-          "Sens / Spec", "GPU-h", "Trial-h", "Best hyper-parameters")  # fmt: skip
+HEADER = (
+    "Architecture",
+    "Task",
+    "Setting",
+    "Published (test)",
+    "Ours (test, 95% CI)",
+    "AUC",
+    "Sens / Spec",
+    "GPU-h",
+    "Trial-h",
+    "Best hyper-parameters",
+)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -115,10 +162,23 @@ def cells(row: dict[str, Any]) -> list[str]:
     if row["status"] == "done" and row["test_ci_low"] is not None:
         ours += f" [{_fmt(row['test_ci_low'], metric)}, {_fmt(row['test_ci_high'], metric)}]"
     auc = _fmt(row["auc"], "auc")
-    sens_spec = (f"{_fmt(row['sensitivity'], 'x')} / {_fmt(row['specificity'], 'x')}"
-                 if row["sensitivity"] is not None else "-")  # fmt: skip
-    return [row["model"], row["task"], row["setting"], published_text, ours, auc, sens_spec,
-            _hours(row["gpu_hours"]), _hours(row["trial_hours"]), row["best_params"] or "-"]  # fmt: skip
+    sens_spec = (
+        f"{_fmt(row['sensitivity'], 'x')} / {_fmt(row['specificity'], 'x')}"
+        if row["sensitivity"] is not None
+        else "-"
+    )
+    return [
+        row["model"],
+        row["task"],
+        row["setting"],
+        published_text,
+        ours,
+        auc,
+        sens_spec,
+        _hours(row["gpu_hours"]),
+        _hours(row["trial_hours"]),
+        row["best_params"] or "-",
+    ]
 
 
 def _fmt(value: Any, metric: str) -> str:
@@ -135,8 +195,9 @@ def _md_row(cells: Any) -> str:
     return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
 
 
-def leaderboard(client, exp_id: str, top_run: str | None,
-                order: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def leaderboard(
+    client, exp_id: str, top_run: str | None, order: list[tuple[str, str]] | None = None
+) -> list[dict[str, Any]]:
     """Leaderboard rows of a benchmark run (or of every sweep of the experiment without one),
     read from the sweeps' runs, in ``order`` of (model, setting)."""
     where = {tracking.KIND_TAG: "sweep"} | ({tracking.PARENT_TAG: top_run} if top_run else {})

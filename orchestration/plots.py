@@ -40,8 +40,15 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) ->
         colour = "white" if count > matrix.max() / 2 else "black"
         ax.text(j, i, str(count), ha="center", va="center", color=colour)
     ticks = range(len(classes))
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title="confusion matrix")  # fmt: skip
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
     fig.tight_layout()
     return fig
 
@@ -77,8 +84,9 @@ def detection_figure(
 ) -> Figure:
     """Images with true boxes (green) and detections above ``threshold`` (red, with score)."""
     fig, axes = _grid(len(images), f"true (green) vs detected (red, score >= {threshold})")
-    for ax, image, true, pred, score in zip(axes, images, boxes, pred_boxes, pred_scores,
-                                            strict=True):  # fmt: skip
+    for ax, image, true, pred, score in zip(
+        axes, images, boxes, pred_boxes, pred_scores, strict=True
+    ):
         ax.imshow(image, cmap="gray")
         for box in np.asarray(true).reshape(-1, 4):
             ax.add_patch(_rect(box, "lime"))

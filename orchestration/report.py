@@ -18,8 +18,12 @@ from orchestration import tracking
 from orchestration.leaderboard import HEADER, cells, leaderboard
 
 SWEEP_PLOTS = ("plots/learning_curves.png", "plots/trials_comparison.png")
-TRIAL_PLOTS = ("plots/roc_curve.png", "plots/confusion_matrix.png", "plots/mask_overlays.png",
-               "plots/detections.png")  # fmt: skip
+TRIAL_PLOTS = (
+    "plots/roc_curve.png",
+    "plots/confusion_matrix.png",
+    "plots/mask_overlays.png",
+    "plots/detections.png",
+)
 
 
 def find_experiment(client, name: str | None):
@@ -38,8 +42,9 @@ def find_experiment(client, name: str | None):
     return max(benchmarks or experiments, key=lambda e: e.creation_time or 0)
 
 
-def write_report(client, experiment: str | None, out: Path | None, home: Path,
-                 run_id: str | None = None) -> Path:  # fmt: skip
+def write_report(
+    client, experiment: str | None, out: Path | None, home: Path, run_id: str | None = None
+) -> Path:
     """Write ``report.html`` for a benchmark run (default: the experiment's newest; without
     benchmark runs, every sweep of the experiment)."""
     exp = find_experiment(client, experiment)
@@ -67,8 +72,9 @@ def _sweep_section(client, exp_id: str, row: dict[str, Any], tmp: Path) -> str:
     run_id = row["sweep_run_id"]
     images = [_image(client, run_id, path, tmp) for path in SWEEP_PLOTS]
     best = client.get_run(run_id).data.tags.get(tracking.BEST_TAG)
-    trials = tracking.find_runs(client, exp_id, {tracking.PARENT_TAG: run_id,
-                                                 tracking.TRIAL_TAG: best or "-"})  # fmt: skip
+    trials = tracking.find_runs(
+        client, exp_id, {tracking.PARENT_TAG: run_id, tracking.TRIAL_TAG: best or "-"}
+    )
     if trials:
         images += [_image(client, trials[0].info.run_id, path, tmp) for path in TRIAL_PLOTS]
         heading += f"<p>best trial: {_e(trials[0].info.run_name)} (validation plots)</p>"
@@ -83,12 +89,16 @@ def _image(client, run_id: str, path: str, tmp: Path) -> str:
     return f'<img alt="{_e(path)}" src="data:image/png;base64,{data}">'
 
 
-def _page(title: str, experiment: str, rows: list[dict[str, Any]], sections: list[str],
-          store: str) -> str:  # fmt: skip
+def _page(
+    title: str, experiment: str, rows: list[dict[str, Any]], sections: list[str], store: str
+) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells(r)) + "</tr>" for r in rows)
-    notes = "".join(f"<li><b>{_e(r['model'])} ({_e(r['setting'])})</b> {_e(r['status'])}: "
-                    f"{_e(r['note'])}</li>" for r in rows if r["note"])  # fmt: skip
+    notes = "".join(
+        f"<li><b>{_e(r['model'])} ({_e(r['setting'])})</b> {_e(r['status'])}: {_e(r['note'])}</li>"
+        for r in rows
+        if r["note"]
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mammobench report: {_e(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

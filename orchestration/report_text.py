@@ -83,16 +83,20 @@ def models_text(rows: list[dict[str, Any]]) -> str:
 
 def tune_text(summary: dict[str, Any], settings: Any) -> str:
     """A sweep's trials, its best trial and where to look next."""
-    lines = [f"sweep {summary['sweep']} (MLflow experiment {summary['experiment']}, "
-             f"parent run {summary['parent_run_id']})"]  # fmt: skip
+    lines = [
+        f"sweep {summary['sweep']} (MLflow experiment {summary['experiment']}, "
+        f"parent run {summary['parent_run_id']})"
+    ]
     if summary.get("skipped_pretrained"):
         reason = summary["skipped_pretrained"].replace("\n", "\n    ")
         lines.append(f"  pretrained trials skipped: {reason}")
     for t in summary["trials"]:
         value = next((v for k, v in t.items() if k.startswith("best_val_")), None)
         stopped = " (stopped early)" if t["stopped_early"] else ""
-        lines.append(f"  {t['trial_id']}: {t['status']}, {t['epochs']} epochs, best "
-                     f"{_fmt(value)}{stopped}  {t['config']}")  # fmt: skip
+        lines.append(
+            f"  {t['trial_id']}: {t['status']}, {t['epochs']} epochs, best "
+            f"{_fmt(value)}{stopped}  {t['config']}"
+        )
     best = summary.get("best")
     if best:
         lines.append(f"  best {best['trial_id']}: {best['params']}")
@@ -112,11 +116,14 @@ def benchmark_text(result: dict[str, Any], report: Path, settings: Any) -> str:
     from orchestration.leaderboard import markdown
 
     folder = Path(result["folder"])
-    lines = [f"benchmark {result['name']} (MLflow experiment {result['experiment']})", "",
-             markdown(result["rows"]),
-             f"leaderboard: {folder / 'leaderboard.md'} and {folder / 'leaderboard.csv'}",
-             f"report:      {report}",
-             f"MLflow UI:   mammobench --tracking-uri {settings.tracking_uri} ui   (or: make ui)"]  # fmt: skip
+    lines = [
+        f"benchmark {result['name']} (MLflow experiment {result['experiment']})",
+        "",
+        markdown(result["rows"]),
+        f"leaderboard: {folder / 'leaderboard.md'} and {folder / 'leaderboard.csv'}",
+        f"report:      {report}",
+        f"MLflow UI:   mammobench --tracking-uri {settings.tracking_uri} ui   (or: make ui)",
+    ]
     if result["failed"]:
         lines.append(f"failed sweeps: {', '.join(result['failed'])} (see the notes above)")
     return "\n".join(lines)

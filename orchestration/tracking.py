@@ -35,8 +35,17 @@ KIND_TAG, BEST_TAG = "mammobench.kind", "mammobench.best_trial_id"
 BENCH_TAG, SKIP_TAG, ERROR_TAG = "mammobench.benchmark", "mammobench.skipped", "mammobench.error"
 ERROR_FILE = "error.txt"  # a failed sweep's traceback
 NAME_TAGS = {"sweep": SWEEP_TAG, "benchmark": BENCH_TAG}
-PACKAGES = ("mammobench", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch",
-            "mlflow", "pydicom", "albumentations")  # fmt: skip
+PACKAGES = (
+    "mammobench",
+    "ray",
+    "torch",
+    "torchvision",
+    "timm",
+    "segmentation-models-pytorch",
+    "mlflow",
+    "pydicom",
+    "albumentations",
+)
 CLASS_NAMES = {2: ["benign", "malignant"], 3: ["benign", "benign w/o callback", "malignant"]}
 
 
@@ -76,8 +85,13 @@ def provenance_tags(fingerprint: str) -> dict[str, str]:
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -130,9 +144,17 @@ class SweepRun:
         self.client, self.experiment_id, self.run_id = client, experiment, run_id
 
     @classmethod
-    def open(cls, client: MlflowClient, experiment: str, name: str, *, resume: bool,
-             parent: str | None = None, tags: dict[str, str] | None = None,
-             kind: str = "sweep") -> SweepRun:  # fmt: skip
+    def open(
+        cls,
+        client: MlflowClient,
+        experiment: str,
+        name: str,
+        *,
+        resume: bool,
+        parent: str | None = None,
+        tags: dict[str, str] | None = None,
+        kind: str = "sweep",
+    ) -> SweepRun:
         """Start the parent run, or reopen it on ``resume`` (leftover RUNNING trials -> FAILED)."""
         found = find_runs(client, experiment, {NAME_TAGS[kind]: name, KIND_TAG: kind})
         if found and not resume:
@@ -150,8 +172,9 @@ class SweepRun:
 
     def fail_leftovers(self) -> int:
         """Child runs a killed driver left RUNNING end FAILED; returns how many."""
-        stale = find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id},
-                           status="RUNNING")  # fmt: skip
+        stale = find_runs(
+            self.client, self.experiment_id, {PARENT_TAG: self.run_id}, status="RUNNING"
+        )
         for run in stale:
             self.client.set_tag(run.info.run_id, "mammobench.interrupted", "driver killed")
             self.client.set_terminated(run.info.run_id, "FAILED")
@@ -193,26 +216,46 @@ class SweepRun:
         self.client.set_terminated(self.run_id, status)
 
     def _log_comparison(self, children: list[Any], metric: str) -> None:
-        rows = sorted(({"name": run.info.run_name, "value": run.data.metrics.get(f"best_{metric}"),
-                        "pretrained": run.data.params.get("pretrained") == "True"}
-                       for run in children), key=lambda r: r["name"])  # fmt: skip
+        rows = sorted(
+            (
+                {
+                    "name": run.info.run_name,
+                    "value": run.data.metrics.get(f"best_{metric}"),
+                    "pretrained": run.data.params.get("pretrained") == "True",
+                }
+                for run in children
+            ),
+            key=lambda r: r["name"],
+        )
         rows = [r for r in rows if r["value"] is not None]
-        self.client.log_figure(self.run_id, plots.comparison_figure(rows, metric),
-                               "plots/trials_comparison.png")  # fmt: skip
-        histories = {run.info.run_name: [(m.step, m.value) for m in
-                     self.client.get_metric_history(run.info.run_id, metric)] for run in children}  # fmt: skip
-        self.client.log_figure(self.run_id, plots.curves_figure(histories, metric),
-                               "plots/learning_curves.png")  # fmt: skip
+        self.client.log_figure(
+            self.run_id, plots.comparison_figure(rows, metric), "plots/trials_comparison.png"
+        )
+        histories = {
+            run.info.run_name: [
+                (m.step, m.value) for m in self.client.get_metric_history(run.info.run_id, metric)
+            ]
+            for run in children
+        }
+        self.client.log_figure(
+            self.run_id, plots.curves_figure(histories, metric), "plots/learning_curves.png"
+        )
 
     def register_model(self, name: str, model: torch.nn.Module, test: dict[str, Any]) -> str:
         """Log the best model on the parent run and register it with its test metrics."""
-        requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "timm",
-                        "segmentation-models-pytorch", "torchvision")]  # fmt: skip
+        requirements = [
+            f"{p}=={importlib.metadata.version(p)}"
+            for p in ("torch", "timm", "segmentation-models-pytorch", "torchvision")
+        ]
         mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id)
         try:
-            info = mlflow.pytorch.log_model(model, name="best_model", registered_model_name=name,
-                                            pip_requirements=requirements,
-                                            serialization_format="pickle")  # fmt: skip
+            info = mlflow.pytorch.log_model(
+                model,
+                name="best_model",
+                registered_model_name=name,
+                pip_requirements=requirements,
+                serialization_format="pickle",
+            )
         finally:  # still running: ``finish`` ends it after the test metrics, with its real status
             mlflow.end_run(status="RUNNING")
         version = str(info.registered_model_version)
@@ -222,19 +265,32 @@ class SweepRun:
         return version
 
 
-def find_runs(client: MlflowClient, experiment: str, tags: dict[str, str],
-              status: str | None = None) -> list[Any]:  # fmt: skip
+def find_runs(
+    client: MlflowClient, experiment: str, tags: dict[str, str], status: str | None = None
+) -> list[Any]:
     """Runs of an experiment carrying all ``tags`` (newest first)."""
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if status:
         clauses.append(f"attributes.status = '{status}'")
-    return client.search_runs([experiment], " and ".join(clauses), max_results=10000,
-                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    return client.search_runs(
+        [experiment],
+        " and ".join(clauses),
+        max_results=10000,
+        order_by=["attributes.start_time DESC"],
+    )
 
 
-def record_outcome(client: MlflowClient, experiment: str, name: str, parent: str,
-                   tags: dict[str, str], *, skipped: str | None = None,
-                   error: str | None = None, detail: str | None = None) -> str:  # fmt: skip
+def record_outcome(
+    client: MlflowClient,
+    experiment: str,
+    name: str,
+    parent: str,
+    tags: dict[str, str],
+    *,
+    skipped: str | None = None,
+    error: str | None = None,
+    detail: str | None = None,
+) -> str:
     """A sweep that could not run (``skipped``: no weights) or broke (``error``): its parent run
     (created if the sweep never got that far) ends saying why; ``detail`` (a traceback) is kept
     as the run's ``error.txt``."""
@@ -279,8 +335,9 @@ class TrialTracker(Callback):
     reconnects to the store lazily.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, parent: str, base: dict[str, Any],
-                 storage: str) -> None:  # fmt: skip
+    def __init__(
+        self, tracking_uri: str, experiment: str, parent: str, base: dict[str, Any], storage: str
+    ) -> None:
         self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent
         self.base, self.storage = base, storage
         self._client: MlflowClient | None = None
@@ -308,8 +365,9 @@ class TrialTracker(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self._run_of(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        values = scalar_metrics({k: v for k, v in result.items() if k in _EPOCH_KEYS or
-                                 k.startswith(("val_", "best_"))})  # fmt: skip
+        values = scalar_metrics(
+            {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "best_"))}
+        )
         stamp = int(result.get("timestamp", 0)) * 1000
         self.client.log_batch(
             run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()]
@@ -325,8 +383,9 @@ class TrialTracker(Callback):
         if stopped:
             self.client.set_tag(run_id, "mammobench.stopped_by", "scheduler (ASHA)")
         if result.get("checkpoint_path"):
-            log_trial_artifacts(self.client, run_id, self.config_of(trial),
-                                result["checkpoint_path"], self.storage)  # fmt: skip
+            log_trial_artifacts(
+                self.client, run_id, self.config_of(trial), result["checkpoint_path"], self.storage
+            )
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -338,8 +397,9 @@ class TrialTracker(Callback):
         """The trial's child run: found by trial id (resumed sweeps) or created once."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        found = find_runs(self.client, self.experiment, {PARENT_TAG: self.parent,
-                           TRIAL_TAG: trial.trial_id})  # fmt: skip
+        found = find_runs(
+            self.client, self.experiment, {PARENT_TAG: self.parent, TRIAL_TAG: trial.trial_id}
+        )
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
@@ -347,8 +407,9 @@ class TrialTracker(Callback):
         else:
             cfg = self.config_of(trial)
             tags = {PARENT_TAG: self.parent, TRIAL_TAG: trial.trial_id, KIND_TAG: "trial"}
-            run_id = self.client.create_run(self.experiment, run_name=trial_run_name(cfg, trial),
-                                            tags=tags).info.run_id  # fmt: skip
+            run_id = self.client.create_run(
+                self.experiment, run_name=trial_run_name(cfg, trial), tags=tags
+            ).info.run_id
             _log_params(self.client, run_id, flatten(cfg.to_dict()) | {"trial_id": trial.trial_id})
             self.client.log_text(run_id, yaml.safe_dump(cfg.to_dict()), "config.yaml")
         self._runs[trial.trial_id] = run_id
@@ -364,8 +425,9 @@ def trial_run_name(cfg: TrainConfig, trial) -> str:
     return f"{cfg.model}-{setting}-lr{cfg.lr:.1e}-{trial.trial_id.split('_')[-1]}"
 
 
-def log_trial_artifacts(client: MlflowClient, run_id: str, cfg: TrainConfig, checkpoint_path: str,
-                        storage: str) -> None:  # fmt: skip
+def log_trial_artifacts(
+    client: MlflowClient, run_id: str, cfg: TrainConfig, checkpoint_path: str, storage: str
+) -> None:
     """The best checkpoint and the plots of its validation predictions."""
     from orchestration.train_driver import open_checkpoint
     from orchestration.train_worker import BEST_FILE, BEST_VAL_FILE

@@ -158,6 +158,8 @@ def iter_split(cfg: TrainConfig, split: str, batch_size: int) -> Iterator[dict[s
     for path in shard_paths(cfg.data, cfg.task, split):
         parquet = pq.ParquetFile(path)
         for record_batch in parquet.iter_batches(batch_size=batch_size, columns=_columns(cfg.task)):
-            batch = {name: record_batch.column(name).to_numpy(zero_copy_only=False)
-                     for name in record_batch.schema.names}  # fmt: skip
+            batch = {
+                name: record_batch.column(name).to_numpy(zero_copy_only=False)
+                for name in record_batch.schema.names
+            }
             yield _decode(batch, cfg.task, augment=False)

@@ -34,10 +34,12 @@ def collate(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") ->
         out["mask"] = torch.as_tensor(np.ascontiguousarray(batch["mask"]), device=device).float()
     if "boxes" in batch:
         out["targets"] = [
-            {"boxes": torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4), device=device),
-             "labels": torch.as_tensor(np.asarray(lab, np.int64) + 1, device=device)}
+            {
+                "boxes": torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4), device=device),
+                "labels": torch.as_tensor(np.asarray(lab, np.int64) + 1, device=device),
+            }
             for b, lab in zip(batch["boxes"], batch["box_labels"], strict=True)
-        ]  # fmt: skip
+        ]
     return out
 
 
@@ -72,8 +74,11 @@ class Classification:
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         probs = torch.softmax(model(model_input(batch, self.in_chans)).float(), dim=1)
-        return {"probs": probs.cpu().numpy(), "label": batch["label"].cpu().numpy(),
-                "patient_id": batch["patient_id"]}  # fmt: skip
+        return {
+            "probs": probs.cpu().numpy(),
+            "label": batch["label"].cpu().numpy(),
+            "patient_id": batch["patient_id"],
+        }
 
     def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """Nothing extra: the ROC curve and confusion matrix come from all predictions."""
@@ -109,8 +114,11 @@ class Segmentation:
     def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """A few images with their true and predicted masks, for overlays."""
         pred = model(model_input(batch, self.in_chans)) > 0
-        return {"image": _uint8(batch["image"][:, 0]), "mask": _uint8(batch["mask"][:, 0]),
-                "pred": _uint8(pred[:, 0])}  # fmt: skip
+        return {
+            "image": _uint8(batch["image"][:, 0]),
+            "mask": _uint8(batch["mask"][:, 0]),
+            "pred": _uint8(pred[:, 0]),
+        }
 
     def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
         return segmentation_metrics(out["scores"], out["patient_id"] if n_boot else None, n_boot)
@@ -149,10 +157,12 @@ class Detection:
     def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """A few images with their true boxes and the detector's boxes and scores."""
         out = self.predict(model, batch)
-        return {"image": [_uint8(image[0]) for image in batch["image"]],
-                "boxes": [t["boxes"] for t in out["targets"]],
-                "pred_boxes": [p["boxes"] for p in out["preds"]],
-                "pred_scores": [p["scores"] for p in out["preds"]]}  # fmt: skip
+        return {
+            "image": [_uint8(image[0]) for image in batch["image"]],
+            "boxes": [t["boxes"] for t in out["targets"]],
+            "pred_boxes": [p["boxes"] for p in out["preds"]],
+            "pred_scores": [p["scores"] for p in out["preds"]],
+        }
 
     def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
         as_t = lambda d: {k: torch.as_tensor(v) for k, v in d.items()}  # noqa: E731

@@ -132,8 +132,11 @@ def _train_epoch(task, model, optimizer, batches, device, scaler) -> float:
 def _rng_state() -> dict[str, Any]:
     """RNG states as tensors and plain values, so ``torch.load(weights_only=True)`` reads them."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}  # fmt: skip
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -163,15 +166,25 @@ def _tensors(obj: Any) -> Any:
 
 def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], Best]:
     """Resume from the latest reported checkpoint, if there is one."""
-    loop = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "stale": 0, "best_scores": {},
-            "starts": [0]}  # fmt: skip
+    loop = {
+        "epoch": 0,
+        "best": -math.inf,
+        "best_epoch": -1,
+        "stale": 0,
+        "best_scores": {},
+        "starts": [0],
+    }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return loop, Best()
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
-        best = Best(*(torch.load(Path(folder) / name, weights_only=True)
-                      for name in (BEST_FILE, BEST_VAL_FILE)))  # fmt: skip
+        best = Best(
+            *(
+                torch.load(Path(folder) / name, weights_only=True)
+                for name in (BEST_FILE, BEST_VAL_FILE)
+            )
+        )
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for obj, key in ((scheduler, "scheduler"), (scaler, "scaler")):
@@ -232,12 +245,19 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
     _step(job.scheduler, score)
     loop["epoch"] = epoch + 1
     sums = _checksums(job.model)
-    metrics = {"epoch": epoch + 1, "train_loss": train_loss, **scores,
-               "best_epoch": loop["best_epoch"] + 1, f"best_{cfg.metric}": loop["best"],
-               "lr": job.optimizer.param_groups[0]["lr"], "trainable_params": job.n_trainable,
-               "start_epoch": loop["starts"][-1], "param_checksums": sums,
-               "ranks_in_sync": len(set(sums)) == 1,
-               "completed": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs}  # fmt: skip
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        **scores,
+        "best_epoch": loop["best_epoch"] + 1,
+        f"best_{cfg.metric}": loop["best"],
+        "lr": job.optimizer.param_groups[0]["lr"],
+        "trainable_params": job.n_trainable,
+        "start_epoch": loop["starts"][-1],
+        "param_checksums": sums,
+        "ranks_in_sync": len(set(sums)) == 1,
+        "completed": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs,
+    }
     return metrics
 
 
@@ -287,8 +307,11 @@ def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best: Best
         ray.train.report(metrics, checkpoint=None)
         return
     optional = {"scheduler": job.scheduler, "scaler": job.scaler}
-    state = {**loop, "model": _unwrap(job.model).state_dict(),
-             "optimizer": job.optimizer.state_dict(),
-             **{k: v.state_dict() if v is not None else None for k, v in optional.items()}}  # fmt: skip
+    state = {
+        **loop,
+        "model": _unwrap(job.model).state_dict(),
+        "optimizer": job.optimizer.state_dict(),
+        **{k: v.state_dict() if v is not None else None for k, v in optional.items()},
+    }
     with tempfile.TemporaryDirectory(prefix="mammobench-ckpt-") as folder:
         ray.train.report(metrics, checkpoint=_save(Path(folder), state, best))

@@ -85,13 +85,21 @@ class SweepConfig:
         """The training job every trial starts from (sampled settings override it)."""
         gpus = self.gpus_per_trial / self.workers
         train = {"patience": self.max_epochs, **self.train}  # ASHA stops trials; no early stop
-        return TrainConfig(model=self.model, data=str(Path(self.data).resolve()), task=self.task,
-                           epochs=self.max_epochs, workers=self.workers, gpus_per_worker=gpus,
-                           seed=self.seed, **train).with_manifest()  # fmt: skip
+        return TrainConfig(
+            model=self.model,
+            data=str(Path(self.data).resolve()),
+            task=self.task,
+            epochs=self.max_epochs,
+            workers=self.workers,
+            gpus_per_worker=gpus,
+            seed=self.seed,
+            **train,
+        ).with_manifest()
 
 
-def max_concurrent_trials(resources: dict[str, float], workers: int, cpus_per_worker: float,
-                          gpus_per_worker: float) -> int:  # fmt: skip
+def max_concurrent_trials(
+    resources: dict[str, float], workers: int, cpus_per_worker: float, gpus_per_worker: float
+) -> int:
     """How many trials fit at once, each with its workers and one free CPU for Ray Data."""
     cpus = resources.get("CPU", 0.0)
     need = workers * cpus_per_worker + DATA_CPUS
@@ -105,8 +113,10 @@ def max_concurrent_trials(resources: dict[str, float], workers: int, cpus_per_wo
     if gpus_per_worker > 0:
         fit = min(fit, int(resources.get("GPU", 0.0) // (workers * gpus_per_worker)))
         if fit < 1:
-            raise ClusterTooSmall(f"the cluster has {resources.get('GPU', 0):g} GPUs; one trial "
-                                  f"needs {workers * gpus_per_worker:g}")  # fmt: skip
+            raise ClusterTooSmall(
+                f"the cluster has {resources.get('GPU', 0):g} GPUs; one trial "
+                f"needs {workers * gpus_per_worker:g}"
+            )
     return max(1, fit)
 
 
@@ -127,8 +137,9 @@ def resolve_space(
     info = model_info(model)
     skipped = None
     if True in (space.values("pretrained") or []):
-        ok, reason = weights_available(ModelSpec(name=model, pretrained=True,
-                                                 weights_dir=weights_dir))  # fmt: skip
+        ok, reason = weights_available(
+            ModelSpec(name=model, pretrained=True, weights_dir=weights_dir)
+        )
         skipped = None if ok else reason
         if skipped and space.values("pretrained") == [True]:
             raise WeightsNotFoundError(reason)
@@ -140,11 +151,18 @@ def param_space(space: Space, search: str) -> dict[str, Any]:
     """Tune distributions of a space (Optuna has no grid: grids become choices)."""
     from ray import tune
 
-    make = {"grid": tune.grid_search if search == "random" else tune.choice,
-            "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
-            "loguniform": lambda v: tune.loguniform(*v), "value": lambda v: v}  # fmt: skip
-    return {key: make[kind](values) for key, dist in space.params.items()
-            for kind, values in dist.items()}  # fmt: skip
+    make = {
+        "grid": tune.grid_search if search == "random" else tune.choice,
+        "choice": tune.choice,
+        "uniform": lambda v: tune.uniform(*v),
+        "loguniform": lambda v: tune.loguniform(*v),
+        "value": lambda v: v,
+    }
+    return {
+        key: make[kind](values)
+        for key, dist in space.params.items()
+        for kind, values in dist.items()
+    }
 
 
 def train_driver_fn(config: dict[str, Any], base: dict[str, Any], storage: str, sweep: str) -> None:
@@ -176,8 +194,9 @@ def _scheduler(sweep: SweepConfig):
     if sweep.scheduler == "fifo":
         return FIFOScheduler()
     grace = min(sweep.grace_epochs, sweep.max_epochs)
-    return ASHAScheduler(time_attr="epoch", max_t=sweep.max_epochs, grace_period=grace,
-                         reduction_factor=2)  # fmt: skip
+    return ASHAScheduler(
+        time_attr="epoch", max_t=sweep.max_epochs, grace_period=grace, reduction_factor=2
+    )
 
 
 def _search(sweep: SweepConfig):
@@ -188,8 +207,14 @@ def _search(sweep: SweepConfig):
     return OptunaSearch(seed=sweep.seed)
 
 
-def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: TrialTracker,
-           base: TrainConfig):  # fmt: skip
+def _tuner(
+    sweep: SweepConfig,
+    space: Space,
+    name: str,
+    storage: str,
+    tracker: TrialTracker,
+    base: TrainConfig,
+):
     import ray
     from ray import tune
 
@@ -200,14 +225,25 @@ def _tuner(sweep: SweepConfig, space: Space, name: str, storage: str, tracker: T
     concurrent = sweep.max_concurrent or max_concurrent_trials(
         ray.cluster_resources(), base.workers, base.cpus_per_worker, base.gpus_per_worker
     )
-    tune_config = tune.TuneConfig(metric=base.metric, mode="max", scheduler=_scheduler(sweep),
-                                  search_alg=_search(sweep), num_samples=sweep.samples,
-                                  max_concurrent_trials=concurrent, reuse_actors=True)  # fmt: skip
+    tune_config = tune.TuneConfig(
+        metric=base.metric,
+        mode="max",
+        scheduler=_scheduler(sweep),
+        search_alg=_search(sweep),
+        num_samples=sweep.samples,
+        max_concurrent_trials=concurrent,
+        reuse_actors=True,
+    )
     failures = tune.FailureConfig(max_failures=sweep.max_failures)
-    run_config = tune.RunConfig(name=name, storage_path=storage, callbacks=[tracker],
-                                failure_config=failures)  # fmt: skip
-    return tune.Tuner(trainable, param_space=param_space(space, sweep.search),
-                      tune_config=tune_config, run_config=run_config)  # fmt: skip
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage, callbacks=[tracker], failure_config=failures
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space, sweep.search),
+        tune_config=tune_config,
+        run_config=run_config,
+    )
 
 
 def _register_trainable(base: TrainConfig, storage: str, sweep: str) -> str:
@@ -221,8 +257,9 @@ def _register_trainable(base: TrainConfig, storage: str, sweep: str) -> str:
     from ray import tune
 
     with _REGISTRY_LOCK:
-        with_args = tune.with_parameters(train_driver_fn, base=base.to_dict(), storage=storage,
-                                         sweep=sweep)  # fmt: skip
+        with_args = tune.with_parameters(
+            train_driver_fn, base=base.to_dict(), storage=storage, sweep=sweep
+        )
         key = f"trial_{sweep}"
         tune.register_trainable(key, tune.with_resources(with_args, TRIAL_DRIVER_RESOURCES))
     return key
@@ -232,28 +269,39 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
     """Run (or resume) a sweep, test its best trial once and register the best model."""
     base = sweep.base()
     check_job(base)
-    space, skipped = resolve_space(sweep.space, sweep.task, sweep.model, base.weights_dir,
-                                   sweep.fixed)  # fmt: skip
+    space, skipped = resolve_space(
+        sweep.space, sweep.task, sweep.model, base.weights_dir, sweep.fixed
+    )
     name = sweep_name(sweep, settings.storage)
     client = client_for(settings.tracking_uri)
     local = settings.tracking_uri.startswith("sqlite:")
     experiment = sweep.experiment or f"mammobench-{sweep.task}"
     exp_id = experiment_id(client, experiment, settings.artifact_root if local else None)
-    parent = SweepRun.open(client, exp_id, name, resume=sweep.resume, parent=sweep.parent_run,
-                           tags=_tags(base, skipped) | sweep.tags)  # fmt: skip
+    parent = SweepRun.open(
+        client,
+        exp_id,
+        name,
+        resume=sweep.resume,
+        parent=sweep.parent_run,
+        tags=_tags(base, skipped) | sweep.tags,
+    )
     parent.log_space(space.to_dict(), {"sweep": _settings(sweep)})
-    tracker = TrialTracker(settings.tracking_uri, exp_id, parent.run_id, base.to_dict(),
-                           settings.storage)  # fmt: skip
+    tracker = TrialTracker(
+        settings.tracking_uri, exp_id, parent.run_id, base.to_dict(), settings.storage
+    )
     results = _tuner(sweep, space, name, settings.storage, tracker, base).fit()
     summary = _summary(results, base, name, experiment, parent.run_id, skipped)
     summary["usage"] = _usage(summary["trials"], sweep.gpus_per_trial)
     if summary["best"]:
         summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
         model = _best_model(summary["best"], base, settings.storage)
-        version = parent.register_model(f"mammobench-{base.model}-{base.task}", model,
-                                        summary["best"]["test"])  # fmt: skip
-        summary["registered_model"] = {"name": f"mammobench-{base.model}-{base.task}",
-                                       "version": version}  # fmt: skip
+        version = parent.register_model(
+            f"mammobench-{base.model}-{base.task}", model, summary["best"]["test"]
+        )
+        summary["registered_model"] = {
+            "name": f"mammobench-{base.model}-{base.task}",
+            "version": version,
+        }
     parent.finish(summary, base.metric, "FINISHED" if summary["best"] else "FAILED")
     return summary
 
@@ -270,23 +318,39 @@ def _tags(base: TrainConfig, skipped: str | None) -> dict[str, str]:
 
 
 def _settings(sweep: SweepConfig) -> dict[str, Any]:
-    keep = ("model", "task", "samples", "max_epochs", "scheduler", "search", "workers",
-            "gpus_per_trial", "grace_epochs", "max_failures", "seed")  # fmt: skip
+    keep = (
+        "model",
+        "task",
+        "samples",
+        "max_epochs",
+        "scheduler",
+        "search",
+        "workers",
+        "gpus_per_trial",
+        "grace_epochs",
+        "max_failures",
+        "seed",
+    )
     return {k: v for k, v in asdict(sweep).items() if k in keep}
 
 
-def _summary(results, base: TrainConfig, name: str, experiment: str, parent: str,
-             skipped: str | None) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    results, base: TrainConfig, name: str, experiment: str, parent: str, skipped: str | None
+) -> dict[str, Any]:
     trials, best = [], None
     best_key = f"best_{base.metric}"
     for result in results:
         metrics = result.metrics or {}
-        row = {"trial_id": metrics.get("trial_id"), "config": result.config,
-               "status": "ERROR" if result.error else "TERMINATED",
-               "stopped_early": bool(metrics) and not metrics.get("completed", False),
-               "epochs": metrics.get("epoch"), best_key: metrics.get(best_key),
-               "checkpoint_path": metrics.get("checkpoint_path"),
-               "time_total_s": metrics.get("time_total_s")}  # fmt: skip
+        row = {
+            "trial_id": metrics.get("trial_id"),
+            "config": result.config,
+            "status": "ERROR" if result.error else "TERMINATED",
+            "stopped_early": bool(metrics) and not metrics.get("completed", False),
+            "epochs": metrics.get("epoch"),
+            best_key: metrics.get(best_key),
+            "checkpoint_path": metrics.get("checkpoint_path"),
+            "time_total_s": metrics.get("time_total_s"),
+        }
         trials.append(row)
         value = row[best_key]
         usable = value is not None and math.isfinite(value) and row["checkpoint_path"]
@@ -294,10 +358,20 @@ def _summary(results, base: TrainConfig, name: str, experiment: str, parent: str
             best = row
     best_out = None
     if best:
-        best_out = {"trial_id": best["trial_id"], "params": best["config"],
-                    "val": {TASK_METRIC[base.task]: best[best_key]}, "checkpoint": best["checkpoint_path"]}  # fmt: skip
-    return {"sweep": name, "experiment": experiment, "parent_run_id": parent, "trials": trials,
-            "best": best_out, "skipped_pretrained": skipped}  # fmt: skip
+        best_out = {
+            "trial_id": best["trial_id"],
+            "params": best["config"],
+            "val": {TASK_METRIC[base.task]: best[best_key]},
+            "checkpoint": best["checkpoint_path"],
+        }
+    return {
+        "sweep": name,
+        "experiment": experiment,
+        "parent_run_id": parent,
+        "trials": trials,
+        "best": best_out,
+        "skipped_pretrained": skipped,
+    }
 
 
 def _usage(trials: list[dict[str, Any]], gpus_per_trial: float) -> dict[str, float]:

@@ -18,9 +18,18 @@ def ui_command(settings: Settings, port: int) -> list[str]:
     allowed = f"127.0.0.1:{port},localhost:{port}"
     mlflow = Path(sys.executable).parent / "mlflow"
     return [
-        str(mlflow), "server",
-        "--backend-store-uri", settings.tracking_uri,
-        "--default-artifact-root", settings.artifact_root.as_uri(),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--allowed-hosts", allowed, "--workers", "1",
-    ]  # fmt: skip
+        str(mlflow),
+        "server",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--default-artifact-root",
+        settings.artifact_root.as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--allowed-hosts",
+        allowed,
+        "--workers",
+        "1",
+    ]

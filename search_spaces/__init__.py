@@ -27,9 +27,16 @@ SPACES_DIR = Path(__file__).resolve().parent
 TASKS = ("classification", "segmentation", "detection")
 KINDS = ("grid", "choice", "uniform", "loguniform", "value")
 TUNABLE = {
-    "pretrained": bool, "unfreeze": (int, str), "lr": float, "batch_size": int,
-    "weight_decay": float, "dropout": float, "optimizer": str, "schedule": str, "balance": str,
-}  # fmt: skip
+    "pretrained": bool,
+    "unfreeze": (int, str),
+    "lr": float,
+    "batch_size": int,
+    "weight_decay": float,
+    "dropout": float,
+    "optimizer": str,
+    "schedule": str,
+    "balance": str,
+}
 TOP_KEYS = {"description", "task", "params"}
 
 
@@ -49,8 +56,13 @@ class Space:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as printed by ``--dry-run`` and logged on the sweep's parent run."""
-        return {"name": self.name, "path": self.path, "task": self.task,
-                "description": self.description, "params": self.params}  # fmt: skip
+        return {
+            "name": self.name,
+            "path": self.path,
+            "task": self.task,
+            "description": self.description,
+            "params": self.params,
+        }
 
     def values(self, key: str) -> list[Any] | None:
         """The discrete values of ``key`` (grid, choice or value), None for a range or absence."""
@@ -80,8 +92,9 @@ class Space:
             params["pretrained"] = {"value": False}
             params.pop("unfreeze", None)
         if "unfreeze" in params:
-            params["unfreeze"] = self._fit_unfreeze(params["unfreeze"], unfreeze_choices,
-                                                    study_unfreeze)  # fmt: skip
+            params["unfreeze"] = self._fit_unfreeze(
+                params["unfreeze"], unfreeze_choices, study_unfreeze
+            )
         return Space(self.name, self.path, self.task, params, self.description)
 
     def _fit_unfreeze(self, dist: dict[str, Any], choices: list, study: int | None) -> dict:
@@ -93,8 +106,10 @@ class Space:
             if value is None or value in fitted:
                 continue
             if value not in choices:
-                raise SpaceError(f"{self.path}: params.unfreeze: {value!r} is not a choice of "
-                                 f"this architecture ({_span(choices)})")  # fmt: skip
+                raise SpaceError(
+                    f"{self.path}: params.unfreeze: {value!r} is not a choice of "
+                    f"this architecture ({_span(choices)})"
+                )
             fitted.append(value)
         return {kind: fitted if isinstance(values, list) else fitted[0]}
 
@@ -117,8 +132,9 @@ def load_space(name_or_path: str | Path) -> Space:
     return _validate(data, path)
 
 
-def read_yaml(name_or_path: str | Path, shipped_dir: Path, kind: str,
-              available: Callable[[], list[str]]) -> tuple[Path, Any]:  # fmt: skip
+def read_yaml(
+    name_or_path: str | Path, shipped_dir: Path, kind: str, available: Callable[[], list[str]]
+) -> tuple[Path, Any]:
     """A shipped ``kind`` file by name (``shipped_dir/<name>.yaml``), or any file by path, parsed."""
     path = Path(name_or_path)
     if not path.suffix:
@@ -170,7 +186,9 @@ def _check_value(where: str, key: str, value: Any) -> Any:
         return _number(value)
     if key == "unfreeze":
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or value in (
-            "all", "study")  # fmt: skip
+            "all",
+            "study",
+        )
     else:
         ok = expected is not float and isinstance(value, expected)
         ok = ok and (expected is bool or not isinstance(value, bool))

@@ -28,13 +28,30 @@ BENCH_DIR = SPACES_DIR / "benchmarks"
 SETTINGS = ("scratch", "pretrained")
 TOP_KEYS = {"description", "synth", "prepare", "defaults", "runs", "parallel_sweeps"}
 SYNTH_KEYS = {"patients": int, "seed": int}
-PREPARE_KEYS = {"cls_size": int, "seg_size": int, "det_size": int, "lesion_type": str,
-                "cls_input": str, "label_map": str, "shard_size": int,
-                "val_fraction": (float, int)}  # fmt: skip
-SWEEP_KEYS = {"samples": int, "max_epochs": int, "scheduler": str, "search": str,
-              "grace_epochs": int, "workers": int, "gpus_per_trial": (int, float),
-              "max_failures": int, "max_concurrent": int, "space": str, "fix": dict,
-              "train": dict}  # fmt: skip
+PREPARE_KEYS = {
+    "cls_size": int,
+    "seg_size": int,
+    "det_size": int,
+    "lesion_type": str,
+    "cls_input": str,
+    "label_map": str,
+    "shard_size": int,
+    "val_fraction": (float, int),
+}
+SWEEP_KEYS = {
+    "samples": int,
+    "max_epochs": int,
+    "scheduler": str,
+    "search": str,
+    "grace_epochs": int,
+    "workers": int,
+    "gpus_per_trial": (int, float),
+    "max_failures": int,
+    "max_concurrent": int,
+    "space": str,
+    "fix": dict,
+    "train": dict,
+}
 RUN_KEYS = {"model": str, "task": str, "settings": list, **SWEEP_KEYS}
 
 
@@ -107,8 +124,15 @@ def _validate(data: Any, path: Path) -> Benchmark:
     parallel = data.get("parallel_sweeps", 1)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise SpaceError(f"{path}: parallel_sweeps: {parallel!r} is not a positive integer")
-    return Benchmark(path.stem, str(path), str(data.get("description", "")).strip(), prepare,
-                     synth, expanded, parallel)  # fmt: skip
+    return Benchmark(
+        path.stem,
+        str(path),
+        str(data.get("description", "")).strip(),
+        prepare,
+        synth,
+        expanded,
+        parallel,
+    )
 
 
 def _runs(path: Path, index: int, raw: Any, defaults: dict[str, Any]) -> list[BenchmarkRun]:
