@@ -4,7 +4,10 @@
 DICOM in whichever layout the download uses (see ``layout``), tells the ROI mask from the lesion crop
 by content (CBIS-DDSM swaps them in places), and assigns patient-level splits (see ``splits``).
 Nothing is dropped silently: unreadable rows and unsafe paths are ``rejected`` with a reason, rows of
-patients who are also test patients are ``excluded``, absent files are listed as ``missing``.
+patients who are also test patients are ``excluded``, absent files are listed as ``missing``, files
+whose header cannot be read as ``unreadable`` (prepare quarantines them). A CSV
+that cannot be read as a whole (empty, columns missing) is one of ``csv_errors``, and its rows are
+rejected with that reason: the other CSVs are still catalogued.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from data_pipeline.case_csv import CaseRow, find_case_csvs, read_case_csv
+from data_pipeline.case_csv import CaseCsvError, CaseRow, find_case_csvs, read_case_csv
 from data_pipeline.dicom import DicomError, read_header
 from data_pipeline.layout import SeriesIndex, UnsafePathError, check_relative, series_files
 from data_pipeline.splits import assign_splits, row_split
 
 MASK_SIZE_TOLERANCE = 0.25  # a mask is "about the full image's size"
+PATH_COLUMNS = {  # CSV column -> CaseRow field, in the order the catalog uses them
+    "image_file_path": "image_path",
+    "cropped_image_file_path": "crop_path",
+    "roi_mask_file_path": "roi_path",
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class Catalog:
     rejected: list[Rejection]
     missing: list[str] = field(default_factory=list)
     patients: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # file (relative) -> reason
+    csv_errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``mammobench catalog --json`` (``images``: physical images)."""
@@ -118,10 +128,19 @@ class Catalog:
             "by_lesion_type": dict(Counter(a.lesion_type for a in self.abnormalities)),
             "missing_files": len(self.missing),
             "missing_examples": self.missing[:10],
+            "unreadable_files": len(self.unreadable),
             "rejected_rows": len(self.rejected),
             "rejections": [asdict(r) for r in self.rejected[:50]],
+            "csv_errors": self.csv_errors,
+            "rows_by_csv": self._rows_by_csv(),
             "roi_by_content": sum(a.roi_by_content for a in self.abnormalities),
         }
+
+    def _rows_by_csv(self) -> dict[str, dict[str, int]]:
+        """Per CSV, its rows: ``kept`` (catalogued) and ``rejected``."""
+        kept = Counter(a.csv_file for a in self.abnormalities)
+        rejected = Counter(r.csv_file for r in self.rejected)
+        return {f: {"kept": kept[f], "rejected": rejected[f]} for f in self.csv_files}
 
     def _rejected_images(self) -> set[str]:
         return {r.key.rsplit("_", 1)[0] for r in self.rejected if r.key}
@@ -133,28 +152,29 @@ def physical_view(image_key: str) -> str:
 
 
 def _check_paths(row: CaseRow) -> list[PurePosixPath]:
-    return [check_relative(p) for p in (row.image_path, row.crop_path, row.roi_path)]
+    """The row's image, crop and ROI paths, checked; an unsafe one is named by its column."""
+    checked = []
+    for column, name in PATH_COLUMNS.items():
+        try:
+            checked.append(check_relative(getattr(row, name)))
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"{column}: {exc}") from None
+    return checked
 
 
-def _shape(path: Path) -> tuple[int, int, int] | None:
-    try:
-        header = read_header(path)
-    except DicomError:
-        return None  # unreadable: not missing; prepare quarantines it with the reason
-    return header["rows"], header["columns"], header["bits_allocated"]
-
-
-def _pick_mask(candidates: list[Path], image: Path | None) -> tuple[Path | None, Path | None]:
+def _pick_mask(
+    candidates: list[Path], image: Path | None, shape
+) -> tuple[Path | None, Path | None]:
     """Mask and crop among a ROI series' files, by content: a mask is 8-bit and image-sized."""
-    shapes = {path: _shape(path) for path in candidates}
-    image_shape = _shape(image) if image is not None else None
+    shapes = {path: shape(path) for path in candidates}
+    image_shape = shape(image) if image is not None else None
     masks, crops = [], []
-    for path, shape in shapes.items():
-        if shape is None:
+    for path, found in shapes.items():
+        if found is None:
             continue
-        if shape[2] == 8 and (image_shape is None or _about_same(shape, image_shape)):
+        if found[2] == 8 and (image_shape is None or _about_same(found, image_shape)):
             masks.append(path)
-        elif shape[2] == 16:
+        elif found[2] == 16:
             crops.append(path)
     return (masks[0] if masks else None), (crops[0] if crops else None)
 
@@ -169,6 +189,22 @@ class _Resolver:
     def __init__(self, index: SeriesIndex) -> None:
         self.index = index
         self.missing: dict[str, None] = {}
+        self.unreadable: dict[str, str] = {}  # relative path -> reason
+        self._shapes: dict[Path, tuple[int, int, int] | None] = {}
+
+    def shape(self, path: Path) -> tuple[int, int, int] | None:
+        """Rows, columns and bits of a file's header; None (and recorded) if unreadable."""
+        if path not in self._shapes:
+            try:
+                header = read_header(path)
+                found = header["rows"], header["columns"], header["bits_allocated"]
+                if None in found:
+                    raise DicomError("missing Rows, Columns or BitsAllocated")
+            except DicomError as exc:  # not missing: prepare quarantines it with the reason
+                self.unreadable[self.index.relative(path)] = exc.reason
+                found = None
+            self._shapes[path] = found
+        return self._shapes[path]
 
     def file(self, csv_path: PurePosixPath) -> Path | None:
         found = self.index.resolve_file(csv_path)
@@ -196,7 +232,7 @@ class _Resolver:
 def _abnormality(row: CaseRow, paths: list[PurePosixPath], res: _Resolver) -> Abnormality:
     image = res.file(paths[0])
     candidates = res.roi_files(paths[1], paths[2])
-    mask, crop = _pick_mask(candidates, image)
+    mask, crop = _pick_mask(candidates, image, res.shape)
     by_content = mask is not None
     if mask is None and candidates:
         mask = res.index.resolve_file(paths[2])  # unverified: prepare checks the content
@@ -282,7 +318,7 @@ def build_catalog(
     csvs = find_case_csvs((csv_dir or data).resolve())
     if not csvs:
         raise FileNotFoundError(f"no CBIS-DDSM case-description CSVs under {csv_dir or data}")
-    rows, rejected = _read_rows(csvs, data)
+    rows, rejected, csv_errors = _read_rows(csvs, data)
     resolver = _Resolver(SeriesIndex.build(data))
     records: list[Abnormality] = []
     for row in rows:
@@ -303,19 +339,27 @@ def build_catalog(
         images=_images(records),
         rejected=rejected,
         missing=list(resolver.missing),
+        unreadable=dict(sorted(resolver.unreadable.items())),
         patients=len({r.patient_id for r in rows}),
+        csv_errors=csv_errors,
     )
 
 
-def _read_rows(csvs: list[Path], data: Path) -> tuple[list[CaseRow], list[Rejection]]:
+def _read_rows(csvs: list[Path], data: Path) -> tuple[list[CaseRow], list[Rejection], list[str]]:
+    """The rows of every CSV, the rows rejected, and the CSVs that cannot be read as a whole."""
     rows: list[CaseRow] = []
     rejected: list[Rejection] = []
+    errors: list[str] = []
     for path in csvs:
         label = _label(path, data)
-        parsed, bad = read_case_csv(path, label)
+        try:
+            parsed, bad = read_case_csv(path, label)
+        except CaseCsvError as exc:
+            errors.append(str(exc))
+            parsed, bad = [], [(line, str(exc)) for line in exc.lines]
         rows.extend(parsed)
         rejected.extend(Rejection(label, line, reason) for line, reason in bad)
-    return rows, rejected
+    return rows, rejected, errors
 
 
 def _label(path: Path, data: Path) -> str:

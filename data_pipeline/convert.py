@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from data_pipeline.catalog import Catalog
 from data_pipeline.prepare_plan import SPLITS, PrepareConfig, fingerprint, plan_items, shard_specs
 from data_pipeline.ray_data import data_context
-from data_pipeline.samples import Quarantined, convert_item
+from data_pipeline.samples import Quarantined, check_files, convert_item
 
 STATE = ".prepare-state.json"
 FORMAT = 2  # 2: detection sidecars and manifest hold lesion-box sizes (older shards are rebuilt)
@@ -40,19 +40,16 @@ def write_shard(
     target, sidecar = Path(out) / f"{spec['name']}.parquet", Path(out) / f"{spec['name']}.json"
     if sidecar.is_file():
         return json.loads(sidecar.read_text())
-    rows, quarantined = [], []
+    rows, quarantined, damaged = [], [], []
     for item in spec["items"]:
+        failed = None
         try:
             rows.append(convert_item(item, Path(root), cfg))
         except Quarantined as bad:
-            quarantined.append(
-                {
-                    "source_path": bad.source_path,
-                    "task": spec["task"],
-                    "reason": bad.reason,
-                    "key": item["key"],
-                }
-            )
+            failed = bad
+            quarantined.append(_record(bad, spec["task"], item["key"]))
+        for bad in check_files(item, Path(root), failed):
+            damaged.append(_record(bad, spec["task"], item["key"]))
     if rows:
         _atomic_write(target, _parquet_bytes(rows))
     result = {
@@ -63,10 +60,15 @@ def write_shard(
         "written": len(rows),
         "file": target.name if rows else None,
         "quarantine": quarantined,
+        "damaged": damaged,
         "box_sizes": _box_sizes(rows),
     }
     _atomic_write(sidecar, json.dumps(result, sort_keys=True).encode())
     return result
+
+
+def _record(bad: Quarantined, task: str, key: str) -> dict[str, str]:
+    return {"source_path": bad.source_path, "task": task, "reason": bad.reason, "key": key}
 
 
 def _box_sizes(rows: list[dict[str, Any]]) -> list[list[float]]:
@@ -159,6 +161,7 @@ def _task_summary(task: str, results: list[dict[str, Any]], rejected: int) -> di
         "expected": sum(r["expected"] for r in results) + rejected,
         "written": sum(written.values()),
         "quarantined": quarantined,
+        "damaged_files": sum(len(r.get("damaged", ())) for r in results),
         "splits": written,
         "shards": {s: sorted(v) for s, v in shards.items()},
     }
@@ -168,10 +171,12 @@ def _task_summary(task: str, results: list[dict[str, Any]], rejected: int) -> di
 
 
 def _quarantine_rows(catalog: Catalog, task: str, results) -> list[dict[str, str]]:
+    """Items not converted and damaged files, rejected CSV rows, and unreadable files the
+    catalog found that no item of this task read (e.g. a damaged lesion crop)."""
     rows = [
-        {k: q[k] for k in ("source_path", "task", "reason")} | {"key": q["key"]}
+        {k: q[k] for k in ("source_path", "task", "reason", "key")}
         for r in results
-        for q in r["quarantine"]
+        for q in [*r["quarantine"], *r.get("damaged", ())]
     ]
     for rej in catalog.rejected:
         rows.append(
@@ -182,6 +187,10 @@ def _quarantine_rows(catalog: Catalog, task: str, results) -> list[dict[str, str
                 "key": rej.key or "",
             }
         )
+    listed = {row["source_path"] for row in rows}
+    for path, reason in catalog.unreadable.items():
+        if path not in listed:
+            rows.append({"source_path": path, "task": task, "reason": reason, "key": ""})
     return rows
 
 

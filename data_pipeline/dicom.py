@@ -2,20 +2,26 @@
 
 CBIS-DDSM originals are uncompressed 16-bit MONOCHROME2 Secondary Captures, 25-30 MB each; copies
 found elsewhere are often re-encoded (RLE, JPEG 2000). For uncompressed little-endian files pydicom
-defers the pixel data and the file is memory-mapped instead: no copy, and only the pages a caller
-touches are read (a lesion crop reads its rows; ``Dataset.pixel_array`` costs several times more).
-Every other transfer syntax goes through pydicom's decoders and their pylibjpeg plugins.
+defers the pixel data, which is then read straight into the output array with one bounded read
+(``Dataset.pixel_array`` costs several times more). The file is not memory-mapped: a file truncated
+while it is read would kill the worker with SIGBUS instead of raising. Every other transfer syntax
+goes through pydicom's decoders and their pylibjpeg plugins, after the declared image size is
+checked, so a damaged header cannot make a decoder allocate gigabytes.
 
 Every failure raises ``DicomError`` whose ``reason`` is short, specific and free of header values
-(no names, dates or UIDs): the caller adds the file path and quarantines the file.
+(no names, dates or UIDs): the caller adds the file path and quarantines the file. A damaged file
+makes pydicom raise almost anything (``BytesLengthException``, ``struct.error``, ``TypeError``,
+``NotImplementedError``...): the public readers turn every exception into a ``DicomError``.
 """
 
 from __future__ import annotations
 
-import mmap
+import functools
+import logging
+import os
 import warnings
-from os import PathLike
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -34,14 +40,21 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
-PathArg = str | PathLike[str]
+PathArg = str | os.PathLike[str]
 
 PIXEL_DATA_TAG = 0x7FE00010
 FAST_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 MAMMO_VIEWS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "AT"})
 _TRUNCATION_WARNING = "End of file reached"
+# pydicom warns and logs about invalid values by quoting them (names, UIDs, dates): values are
+# not validated on reading here, and its logger is kept quiet below errors.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 _DEFER_BYTES = 1024  # pixel data (and any other value) above this size is left in the file
+MAX_PIXELS = 2**27  # 134 M pixels (CBIS-DDSM's largest image has ~40 M): beyond, a damaged header
+TRUNCATED_PIXELS = "truncated: the file ends inside its pixel data"
+_T = TypeVar("_T")
 
 
 class DicomError(Exception):
@@ -52,6 +65,25 @@ class DicomError(Exception):
         self.reason = reason
 
 
+def _contained(read: Callable[..., _T]) -> Callable[..., _T]:
+    """Any exception of ``read`` becomes a ``DicomError`` naming its type (never its message,
+    which may quote header values)."""
+
+    @functools.wraps(read)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return read(*args, **kwargs)
+        except DicomError:
+            raise
+        except MemoryError:
+            raise DicomError("corrupt file: decoding it ran out of memory") from None
+        except Exception as exc:
+            raise DicomError(f"corrupt header or pixel data ({type(exc).__name__})") from None
+
+    return wrapper
+
+
+@_contained
 def read_image(path: PathArg) -> np.ndarray:
     """Read a single-frame greyscale DICOM image, ready for display.
 
@@ -63,8 +95,7 @@ def read_image(path: PathArg) -> np.ndarray:
         path: DICOM file.
 
     Returns:
-        A 2-D Rows x Columns array, ``uint16`` for BitsAllocated 16 and ``uint8`` for 8. On the
-        uncompressed fast path it may be a read-only view of the file, mapped into memory.
+        A 2-D Rows x Columns array, ``uint16`` for BitsAllocated 16 and ``uint8`` for 8.
 
     Raises:
         DicomError: the file is missing, not DICOM, truncated, has no or undecodable pixel data,
@@ -74,6 +105,7 @@ def read_image(path: PathArg) -> np.ndarray:
     return _to_display(ds, _stored_pixels(ds))
 
 
+@_contained
 def read_header(path: PathArg) -> dict[str, Any]:
     """Read the allow-listed, non-identifying header fields without touching the pixel data.
 
@@ -100,6 +132,7 @@ def read_header(path: PathArg) -> dict[str, Any]:
     }
 
 
+@_contained
 def classify_roi(path: PathArg) -> str:
     """Tell an ROI mask from a lesion crop by content (CBIS-DDSM file names and descriptions lie).
 
@@ -160,7 +193,7 @@ def align_mask(
 def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
     """``dcmread`` with its failures turned into reasons; truncation warnings become errors.
 
-    Large values (the pixel data) are left unread: see ``_pixel_bytes``.
+    Large values (the pixel data) are left unread: see ``_raw_pixels``.
 
     ``catch_warnings`` swaps process-global state: call from one thread per process (as Ray
     Data tasks do).
@@ -171,6 +204,7 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
             ds = pydicom.dcmread(
                 path, stop_before_pixels=stop_before_pixels, defer_size=_DEFER_BYTES
             )
+            _parse_values(ds)
         except FileNotFoundError:
             raise DicomError("file not found") from None
         except IsADirectoryError:
@@ -179,13 +213,21 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
             raise DicomError("permission denied") from None
         except InvalidDicomError:
             raise DicomError("not a DICOM file (no DICM preamble or file meta header)") from None
-        except (EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # struct.error, BytesLengthException, NotImplementedError...
             raise DicomError(f"truncated or corrupt header ({type(exc).__name__})") from None
-    for warning in caught:
+    for warning in caught:  # not re-emitted: pydicom's warnings quote header values
         if _TRUNCATION_WARNING in str(warning.message):
             raise DicomError("truncated: file ends inside the encapsulated pixel data")
-        warnings.warn(warning.message, warning.category, stacklevel=3)
     return ds
+
+
+def _parse_values(ds: Dataset) -> None:
+    """Convert every top-level value now (pydicom converts on first access), deferred ones
+    (the pixel data) excepted: a damaged value fails here, as a header error."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not (isinstance(raw, RawDataElement) and raw.value is None):
+            ds[tag]
 
 
 def _stored_pixels(ds: Dataset) -> np.ndarray:
@@ -210,6 +252,10 @@ def _check_single_grey_frame(ds: Dataset) -> None:
         raise DicomError("missing PhotometricInterpretation")
     if int(ds.get("SamplesPerPixel", 1)) != 1 or _photometric(ds) not in GREYSCALE:
         raise DicomError("colour image (not a greyscale mammogram)")
+    if int(ds.Rows) * int(ds.Columns) > MAX_PIXELS or min(int(ds.Rows), int(ds.Columns)) < 1:
+        raise DicomError(
+            f"implausible image size {int(ds.Rows)}x{int(ds.Columns)} (damaged header?)"
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise DicomError(f"multi-frame image ({frames} frames), not a single mammogram")
@@ -220,39 +266,37 @@ def _check_single_grey_frame(ds: Dataset) -> None:
 
 
 def _raw_pixels(ds: Dataset) -> np.ndarray:
-    """View uncompressed little-endian pixel bytes as an array, without copying."""
-    data, declared = _pixel_bytes(ds)
+    """Uncompressed little-endian pixels, read from the file into the array (one bounded read)."""
     rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    expected = rows * columns * bits // 8
-    if declared is not None and len(data) < declared:
-        raise DicomError("truncated: pixel data shorter than Rows*Columns*BitsAllocated/8")
-    if len(data) < expected:
-        raise DicomError(
-            f"shape mismatch: PixelData holds {len(data)} bytes, Rows*Columns*BitsAllocated/8 "
-            f"is {expected}"
-        )
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
-    return np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
-
-
-def _pixel_bytes(ds: Dataset) -> tuple[memoryview | bytes, int | None]:
-    """The uncompressed pixel bytes and their declared length.
-
-    Deferred by pydicom, they are mapped from the file (read-only; the map lives as long as the
-    arrays viewing it); a short file gives fewer bytes than declared, never an error here. Where
-    the file system cannot map files, pydicom reads them.
-    """
     element = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
-    if isinstance(element, RawDataElement) and element.value is None:
-        try:
-            with open(ds.filename, "rb") as file:
-                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, TypeError):
-            return ds.PixelData, element.length
-        start = element.value_tell
-        return memoryview(mapped)[start : start + element.length], element.length
-    return ds.PixelData, getattr(element, "length", None)
+    deferred = isinstance(element, RawDataElement) and element.value is None
+    held = element.length if deferred else len(ds.PixelData)
+    expected = rows * columns * dtype.itemsize
+    if held < expected:
+        raise DicomError(
+            f"shape mismatch: PixelData holds {held} bytes, Rows*Columns*BitsAllocated/8 "
+            f"is {expected}"
+        )
+    if deferred:
+        if element.value_tell + element.length > os.path.getsize(ds.filename):
+            raise DicomError(TRUNCATED_PIXELS)
+        pixels = _read_deferred(ds.filename, element.value_tell, rows * columns, dtype)
+    else:
+        pixels = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * columns)
+    return pixels.reshape(rows, columns)
+
+
+def _read_deferred(filename: PathArg, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
+    """``count`` values at ``offset`` of the file: a short read is a truncated file."""
+    pixels = np.empty(count, dtype)
+    with open(filename, "rb") as file:
+        file.seek(offset)
+        got = file.readinto(memoryview(pixels).cast("B"))
+    if got < pixels.nbytes:
+        raise DicomError(TRUNCATED_PIXELS)
+    return pixels
 
 
 def _decoded_pixels(ds: Dataset, syntax: UID) -> np.ndarray:

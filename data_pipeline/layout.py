@@ -27,7 +27,7 @@ class UnsafePathError(ValueError):
 
 
 def check_relative(path: str) -> PurePosixPath:
-    """Validate a path read from a CSV: relative, inside DATA, no drive letters.
+    """Validate a path read from a CSV: relative, inside DATA, no drive letters or control bytes.
 
     Raises:
         UnsafePathError: With the reason, before the path is ever opened.
@@ -35,6 +35,8 @@ def check_relative(path: str) -> PurePosixPath:
     text = path.strip().replace("\\", "/")
     if not text:
         raise UnsafePathError("empty path")
+    if any(ord(char) < 32 for char in text):  # a NUL would fail at open(), a newline in a listing
+        raise UnsafePathError(f"path {text!r} holds control characters")
     pure = PurePosixPath(text)
     if pure.is_absolute() or PureWindowsPath(path.strip()).drive:
         raise UnsafePathError(f"absolute path {text!r} is not allowed")
@@ -79,7 +81,8 @@ class SeriesIndex:
 
     def _read_metadata(self, path: Path) -> None:
         self.metadata_files.append(str(path.relative_to(self.root)))
-        with open(path, newline="", encoding="utf-8-sig") as handle:
+        # undecodable bytes kept as on disk: a POSIX file name may hold them too
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             for row in csv.DictReader(handle):
                 cols = {re.sub(r"\W+", "_", k.strip().lower()): v for k, v in row.items() if k}
                 uid, location = cols.get("series_uid"), cols.get("file_location")

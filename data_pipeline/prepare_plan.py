@@ -92,6 +92,7 @@ def abnormality_item(abn: Abnormality, task: str, labels: dict[str, int]) -> dic
         "image_csv_path": abn.image_csv_path,
         "mask_files": [abn.mask_file],
         "mask_csv_paths": [abn.roi_csv_path],
+        "check_files": [f for f in (abn.crop_file,) if f and f != abn.mask_file],
         **_metadata(abn),
     }
 
@@ -115,6 +116,7 @@ def image_item(
         "mask_csv_paths": [a.roi_csv_path for a in lesions],
         "lesion_labels": [labels[a.pathology] for a in lesions],
         "lesion_keys": [a.key for a in lesions],
+        "check_files": [f for f in image.image_files if f and f != image.image_file],
         **_metadata(image),
         "pathology": pathology,
         "breast_density": lesions[0].breast_density,
@@ -169,7 +171,7 @@ def fingerprint(catalog: Catalog, cfg: PrepareConfig) -> str:
         digest.update(name.encode() + hashlib.sha256(path.read_bytes()).digest())
     files = set()
     for abn in catalog.abnormalities:
-        files.update(f for f in (abn.image_file, abn.mask_file) if f)
+        files.update(f for f in (abn.image_file, abn.mask_file, abn.crop_file) if f)
     for name in sorted(files):
         stat = (catalog.root / name).stat()
         digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())

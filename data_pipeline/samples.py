@@ -142,5 +142,24 @@ def convert_item(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[s
         ) from None
 
 
+def check_files(
+    item: dict[str, Any], root: Path, failed: Quarantined | None = None
+) -> list[Quarantined]:
+    """Decode the files an item names that its conversion did not read: its lesion crop and
+    another series' copy of its image, and after a ``failed`` conversion every other file
+    (one damaged file stops it before the rest are read). Each damaged one is a record."""
+    files = list(item.get("check_files", ()))
+    if failed is not None:
+        named = [item["image_file"], *item["mask_files"]]
+        files += [f for f in named if f and f != failed.source_path and f not in files]
+    damaged = []
+    for rel in files:
+        try:
+            read_image(root / rel)
+        except DicomError as exc:
+            damaged.append(Quarantined(rel, f"damaged file: {exc.reason}"))
+    return damaged
+
+
 def _source(item: dict[str, Any]) -> str:
     return item["image_file"] or item["image_csv_path"]

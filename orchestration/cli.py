@@ -33,6 +33,14 @@ def user_errors(*extra: type[Exception]) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _above_zero(text: str) -> float:
+    """A number option that must be above 0 (typer's ranges are closed)."""
+    value = float(text)
+    if not value > 0:
+        raise typer.BadParameter(f"{text} is not above 0")
+    return value
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -106,9 +114,9 @@ def prepare(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Parallel conversion tasks [default: all CPUs].")
     ] = None,
-    cls_size: Annotated[int, typer.Option(help="Classification image side.")] = 224,
-    seg_size: Annotated[int, typer.Option(help="Segmentation crop side.")] = 512,
-    det_size: Annotated[int, typer.Option(help="Detection image long side.")] = 1024,
+    cls_size: Annotated[int, typer.Option(min=1, help="Classification image side.")] = 224,
+    seg_size: Annotated[int, typer.Option(min=1, help="Segmentation crop side.")] = 512,
+    det_size: Annotated[int, typer.Option(min=1, help="Detection image long side.")] = 1024,
     lesion_type: Annotated[str, typer.Option(help="mass|calc|all")] = "all",
     cls_input: Annotated[
         str, typer.Option("--input", help="crop (lesion crop) | whole (full image, the seed's).")
@@ -116,7 +124,8 @@ def prepare(
     label_map: Annotated[str, typer.Option(help="binary | 3class")] = "binary",
     shard_size: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 64,
     max_quarantine: Annotated[
-        float, typer.Option(help="Fail (exit 1) when more than this share is quarantined.")
+        float,
+        typer.Option(min=0, max=1, help="Fail (exit 1) when more than this share is quarantined."),
     ] = 0.05,
     csv: Annotated[Path | None, typer.Option("--csv", help="Folder of the case CSVs.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
@@ -132,20 +141,21 @@ def prepare(
     from orchestration.report_text import prepare_text
 
     tasks = TASKS if task == "all" else (task,)
-    cfg = PrepareConfig(
-        tasks=tasks,
-        cls_size=cls_size,
-        seg_size=seg_size,
-        det_size=det_size,
-        lesion_type=lesion_type,
-        cls_input=cls_input,
-        label_map=label_map,
-        shard_size=shard_size,
-        seed=seed,
-        max_quarantine=max_quarantine,
-        val_fraction=val_fraction,
-    )
-    catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=seed)
+    with user_errors():  # bad option values, missing DATA or CSVs fail before Ray starts
+        cfg = PrepareConfig(
+            tasks=tasks,
+            cls_size=cls_size,
+            seg_size=seg_size,
+            det_size=det_size,
+            lesion_type=lesion_type,
+            cls_input=cls_input,
+            label_map=label_map,
+            shard_size=shard_size,
+            seed=seed,
+            max_quarantine=max_quarantine,
+            val_fraction=val_fraction,
+        )
+        catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=seed)
     init_ray(ctx.obj.address)
     manifest = run_prepare(catalog, out, cfg, workers=workers, print_fn=typer.echo)
     text, share = prepare_text(manifest, out, tasks)
@@ -164,7 +174,7 @@ def train(
         str, typer.Option(help="classification|segmentation|detection")
     ] = "classification",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(parser=_above_zero, help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     pretrained: Annotated[
         bool, typer.Option("--pretrained/--scratch", help="ImageNet weights or random init.")
@@ -176,7 +186,7 @@ def train(
     gpus_per_worker: Annotated[float, typer.Option(min=0)] = 0.0,
     balance: Annotated[str, typer.Option(help="oversample|weighted|none")] = "oversample",
     schedule: Annotated[str, typer.Option(help="cosine|plateau|none")] = "cosine",
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 5,
+    patience: Annotated[int, typer.Option(min=0, help="Early-stopping patience (epochs).")] = 5,
     in_chans: Annotated[int, typer.Option(help="3: repeat grayscale; 1: adapt conv1.")] = 3,
     encoder: Annotated[str | None, typer.Option(help="Segmenter encoder.")] = None,
     weights_dir: Annotated[
@@ -186,7 +196,7 @@ def train(
     detection_classes: Annotated[
         str, typer.Option(help="Detection: lesion (class-agnostic) or pathology boxes.")
     ] = "lesion",
-    max_failures: Annotated[int, typer.Option(help="Worker failures to retry.")] = 0,
+    max_failures: Annotated[int, typer.Option(min=0, help="Worker failures to retry.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
@@ -196,29 +206,29 @@ def train(
     from orchestration.train_config import TrainConfig
     from orchestration.train_driver import check_job, run_training
 
-    cfg = TrainConfig(
-        model=model,
-        data=str(data.resolve()),
-        task=task,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        pretrained=pretrained,
-        unfreeze=unfreeze,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        balance=balance,
-        schedule=schedule,
-        patience=patience,
-        in_chans=in_chans,
-        encoder=encoder,
-        weights_dir=weights_dir,
-        augment=augment,
-        max_failures=max_failures,
-        seed=seed,
-        detection_classes=detection_classes,
-    )
-    with user_errors():  # bad names, missing data or weights fail before Ray starts
+    with user_errors():  # bad values or names, missing data or weights fail before Ray starts
+        cfg = TrainConfig(
+            model=model,
+            data=str(data.resolve()),
+            task=task,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            pretrained=pretrained,
+            unfreeze=unfreeze,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            balance=balance,
+            schedule=schedule,
+            patience=patience,
+            in_chans=in_chans,
+            encoder=encoder,
+            weights_dir=weights_dir,
+            augment=augment,
+            max_failures=max_failures,
+            seed=seed,
+            detection_classes=detection_classes,
+        )
         check_job(cfg.with_manifest())
     init_ray(ctx.obj.address)
     result = run_training(cfg, ctx.obj.storage)
@@ -314,6 +324,7 @@ def tune(
         from orchestration.train_driver import check_job
 
         check_job(sweep.base())
+        resolve_space(space, task, model, weights_dir)  # a bad space file fails before Ray starts
     init_ray(ctx.obj.address)
     with user_errors(SpaceError):
         summary = run_sweep(sweep, ctx.obj)
@@ -350,16 +361,18 @@ def benchmark(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
+    from models import available_models
     from orchestration.benchmark import BenchmarkJob, run_benchmark
     from orchestration.ray_cluster import init_ray
     from orchestration.report import write_report
     from orchestration.report_text import benchmark_text
     from orchestration.tracking import client_for
-    from search_spaces import SpaceError
+    from search_spaces import TASKS, SpaceError
     from search_spaces.benchmarks import load_benchmark
 
     with user_errors(SpaceError):
-        bench = load_benchmark(config or ("demo" if demo else "study"))
+        registry = {model: task for task in TASKS for model in available_models(task)}
+        bench = load_benchmark(config or ("demo" if demo else "study"), registry)
         if data is None and not bench.synth:
             raise ValueError(f"{bench.path} has no synth section: pass --data")
     init_ray(ctx.obj.address)

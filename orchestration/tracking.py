@@ -342,12 +342,14 @@ class TrialTracker(Callback):
         self.base, self.storage = base, storage
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
+        self._epochs: dict[str, set[int]] = {}  # run id -> epochs logged
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_runs")}
+        skip = ("_client", "_runs", "_epochs")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _client=None, _runs={})
+        self.__dict__.update(state, _client=None, _runs={}, _epochs={})
 
     @property
     def client(self) -> MlflowClient:
@@ -363,17 +365,26 @@ class TrialTracker(Callback):
         self._run_of(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        """Log each epoch once: epochs re-sent after a restart (``history``) fill the gaps a
+        killed driver left; an epoch already in the run is not logged again."""
         run_id = self._run_of(trial)
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        values = scalar_metrics(
-            {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "best_"))}
-        )
         stamp = int(result.get("timestamp", 0)) * 1000
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()]
-        )
+        logged = self._logged_epochs(run_id)
+        for record in [*result.get("history", ()), result]:
+            step = int(record.get("epoch", record.get("training_iteration", 0)))
+            if step in logged:
+                continue
+            metrics = [Metric(k, v, stamp, step) for k, v in _epoch_values(record).items()]
+            self.client.log_batch(run_id, metrics=metrics)
+            logged.add(step)
         if "trainable_params" in result:
             _log_params(self.client, run_id, {"trainable_params": str(result["trainable_params"])})
+
+    def _logged_epochs(self, run_id: str) -> set[int]:
+        if run_id not in self._epochs:
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._epochs[run_id] = {m.step for m in history}
+        return self._epochs[run_id]
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._run_of(trial)
@@ -417,6 +428,12 @@ class TrialTracker(Callback):
 
 
 _EPOCH_KEYS = ("epoch", "train_loss", "lr", "start_epoch")
+
+
+def _epoch_values(result: dict[str, Any]) -> dict[str, float]:
+    """The per-epoch metrics of a trial's result."""
+    keep = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "best_"))}
+    return scalar_metrics(keep)
 
 
 def trial_run_name(cfg: TrainConfig, trial) -> str:

@@ -173,6 +173,7 @@ def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], Best]
         "stale": 0,
         "best_scores": {},
         "starts": [0],
+        "history": [],  # every epoch's scalar metrics, re-sent after a restart
     }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -191,7 +192,7 @@ def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], Best]
         if obj is not None and state.get(key) is not None:
             obj.load_state_dict(state[key])
     _set_rng_state(state["rng"])
-    restored = {k: state[k] for k in loop}
+    restored = loop | {k: state[k] for k in loop if k in state}
     restored["starts"] = [*state["starts"], state["epoch"]]  # where each attempt began
     return restored, best
 
@@ -258,6 +259,7 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
         "ranks_in_sync": len(set(sums)) == 1,
         "completed": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs,
     }
+    loop["history"].append({k: v for k, v in metrics.items() if _scalar(v)})
     return metrics
 
 
@@ -283,8 +285,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     job = _Job.build(cfg, class_weights)
     loop, best = _restore(job.model, job.optimizer, job.scheduler, job.scaler)
+    replay = len(loop["starts"]) > 1
     for epoch in range(loop["epoch"], cfg.epochs):
         metrics = _epoch(job, loop, best, epoch)
+        if replay:  # a restarted run re-sends the epochs before it: their reports may be lost
+            metrics["history"], replay = list(loop["history"]), False
         _report(metrics, loop, job, best)
         if metrics["completed"]:  # epochs run out or early stopping (Tune reserves "done")
             break

@@ -84,7 +84,8 @@ class SweepConfig:
     def base(self) -> TrainConfig:
         """The training job every trial starts from (sampled settings override it)."""
         gpus = self.gpus_per_trial / self.workers
-        train = {"patience": self.max_epochs, **self.train}  # ASHA stops trials; no early stop
+        # ASHA stops trials (no early stop); a lost Train worker restarts from its checkpoint
+        train = {"patience": self.max_epochs, "max_failures": self.max_failures, **self.train}
         return TrainConfig(
             model=self.model,
             data=str(Path(self.data).resolve()),

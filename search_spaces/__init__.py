@@ -10,7 +10,8 @@ A space file names its task and, per tunable setting, one distribution::
 
 Distributions: ``grid`` (exhaustive), ``choice``, ``uniform`` and ``loguniform`` ([low, high]),
 ``value`` (a constant). ``unfreeze`` takes stage counts, ``all`` and ``study`` (the architecture's
-setting closest to the study's). ``resolve`` fits a space to one architecture.
+setting closest to the study's). ``resolve`` fits a space to one architecture. Values are checked
+against what training accepts (``CHOICES``, ``LIMITS``); a key written twice is an error.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ TUNABLE = {
     "optimizer": str,
     "schedule": str,
     "balance": str,
+}
+# The values training accepts (``orchestration.train_config``); numbers within their limits.
+CHOICES = {
+    "optimizer": ("adam", "adamw"),
+    "schedule": ("cosine", "plateau", "none"),
+    "balance": ("oversample", "weighted", "none"),
+}
+LIMITS = {
+    "lr": (lambda v: v > 0, "above 0"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
 TOP_KEYS = {"description", "task", "params"}
 
@@ -121,6 +134,8 @@ def available_spaces() -> list[str]:
 
 def default_space(task: str, model: str) -> str:
     """The shipped space of an architecture's family and task."""
+    if task not in TASKS:
+        raise SpaceError(f"unknown task {task!r}; tasks: {list(TASKS)}")
     if task == "classification":
         return "vit-classification" if model.startswith("vit") else "cnn-classification"
     return task
@@ -144,15 +159,39 @@ def read_yaml(
     if not path.is_file():
         raise SpaceError(f"{path}: no such {kind} file")
     try:
-        return path, yaml.safe_load(path.read_text())
+        with open(path, encoding="utf-8") as handle:
+            return path, yaml.load(handle, _UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not UTF-8 text ({exc})") from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not valid YAML: {exc}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, but a key written twice in one mapping is an error, not the last wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key.value!r} is given twice", key.start_mark
+                    )
+                seen.add((key.tag, key.value))
+        return super().construct_mapping(node, deep)
+
+
+def not_a_mapping(path: Path, kind: str, keys: set[str], data: Any) -> SpaceError:
+    """The error of a file that holds no mapping: empty, or a list or a value."""
+    found = "the file is empty" if data is None else f"found a {type(data).__name__}"
+    return SpaceError(f"{path}: a {kind} file is a mapping with keys {sorted(keys)}; {found}")
+
+
 def _validate(data: Any, path: Path) -> Space:
     if not isinstance(data, dict):
-        raise SpaceError(f"{path}: a space file is a mapping with keys {sorted(TOP_KEYS)}")
-    unknown = sorted(set(data) - TOP_KEYS)
+        raise not_a_mapping(path, "space", TOP_KEYS, data)
+    unknown = sorted(set(data) - TOP_KEYS, key=str)
     if unknown:
         raise SpaceError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(TOP_KEYS)}")
     if data.get("task") not in TASKS:
@@ -177,13 +216,15 @@ def _check_param(path: Path, key: str, dist: Any) -> dict[str, Any]:
         return {kind: [_check_value(where, key, value) for value in values]}
     if kind == "value":
         return {kind: _check_value(where, key, values)}
-    return {kind: _check_range(where, kind, values)}
+    if TUNABLE[key] is not float:
+        raise SpaceError(f"{where}: {kind} draws numbers: {key} takes grid, choice or value")
+    return {kind: [_check_value(where, key, v) for v in _check_range(where, kind, values)]}
 
 
 def _check_value(where: str, key: str, value: Any) -> Any:
     expected = TUNABLE[key]
     if expected is float and _number(value) is not None:
-        return _number(value)
+        return within(where, _number(value), LIMITS.get(key))
     if key == "unfreeze":
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or value in (
             "all",
@@ -194,6 +235,15 @@ def _check_value(where: str, key: str, value: Any) -> Any:
         ok = ok and (expected is bool or not isinstance(value, bool))
     if not ok:
         raise SpaceError(f"{where}: {value!r} is not a valid {key}")
+    return within(where, value, LIMITS.get(key), CHOICES.get(key))
+
+
+def within(where: str, value: Any, limit: tuple | None, choices: tuple | None = None) -> Any:
+    """``value``, if it is one of ``choices`` and meets ``limit`` (a test and its wording)."""
+    if choices is not None and value not in choices:
+        raise SpaceError(f"{where}: {value!r} is not one of {list(choices)}")
+    if limit is not None and not limit[0](value):
+        raise SpaceError(f"{where}: {value!r} must be {limit[1]}")
     return value
 
 

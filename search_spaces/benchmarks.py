@@ -11,18 +11,31 @@ A benchmark file (``search_spaces/benchmarks/*.yaml``, or any path) has::
 Each run becomes one sweep per setting (``scratch``/``pretrained``, both by default) with the
 run's keys over ``defaults``. ``fix`` pins space settings to one value; ``train`` sets training
 options the space does not tune. ``published.yaml`` holds the study's published test figures.
+Everything is checked on loading (types, limits, names, the spaces named), so that a typo fails
+before a cluster starts, with the file, the key and the value in the message.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from search_spaces import SPACES_DIR, TUNABLE, SpaceError, _check_value, read_yaml
+from search_spaces import (
+    SPACES_DIR,
+    TASKS,
+    TUNABLE,
+    SpaceError,
+    _check_value,
+    load_space,
+    not_a_mapping,
+    read_yaml,
+    within,
+)
 
 BENCH_DIR = SPACES_DIR / "benchmarks"
 SETTINGS = ("scratch", "pretrained")
@@ -53,6 +66,34 @@ SWEEP_KEYS = {
     "train": dict,
 }
 RUN_KEYS = {"model": str, "task": str, "settings": list, **SWEEP_KEYS}
+TRAIN_KEYS = {  # training options beside the tunable ones (``orchestration.train_config``)
+    "patience": int,
+    "bootstrap": int,
+    "augment": bool,
+    "in_chans": int,
+    "encoder": str,
+    "detection_classes": str,
+}
+# The values ``prepare``, ``tune`` and ``train`` accept; numbers within their limits.
+CHOICES = {
+    "lesion_type": ("mass", "calc", "all"),
+    "cls_input": ("crop", "whole"),
+    "label_map": ("binary", "3class"),
+    "scheduler": ("asha", "fifo"),
+    "search": ("random", "optuna"),
+    "in_chans": (1, 3),
+    "detection_classes": ("lesion", "pathology"),
+}
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
+LIMITS = {
+    "patients": (lambda v: v >= 2, "at least 2"),
+    "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    **dict.fromkeys(("cls_size", "seg_size", "det_size", "shard_size", "bootstrap"), AT_LEAST_1),
+    **dict.fromkeys(("samples", "max_epochs", "grace_epochs", "workers"), AT_LEAST_1),
+    "max_concurrent": AT_LEAST_1,
+    **dict.fromkeys(("gpus_per_trial", "max_failures", "patience"), AT_LEAST_0),
+}
 
 
 @dataclass(frozen=True)
@@ -90,10 +131,15 @@ def available_benchmarks() -> list[str]:
     return sorted(p.stem for p in BENCH_DIR.glob("*.yaml") if p.stem != "published")
 
 
-def load_benchmark(name_or_path: str | Path) -> Benchmark:
-    """Load a shipped benchmark by name, or any benchmark file by path, and validate it."""
+def load_benchmark(name_or_path: str | Path, models: Mapping[str, str] | None = None) -> Benchmark:
+    """Load a shipped benchmark by name, or any benchmark file by path, and validate it.
+
+    Args:
+        name_or_path: A shipped benchmark's name, or a YAML file.
+        models: Registered architecture -> its task; given, every run's model is checked too.
+    """
     path, data = read_yaml(name_or_path, BENCH_DIR, "benchmark", available_benchmarks)
-    return _validate(data, path)
+    return _validate(data, path, models)
 
 
 def published(model: str, setting: str) -> dict[str, float]:
@@ -106,9 +152,9 @@ def _published_table() -> dict[str, Any]:
     return yaml.safe_load((BENCH_DIR / "published.yaml").read_text())
 
 
-def _validate(data: Any, path: Path) -> Benchmark:
+def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchmark:
     if not isinstance(data, dict):
-        raise SpaceError(f"{path}: a benchmark file is a mapping with keys {sorted(TOP_KEYS)}")
+        raise not_a_mapping(path, "benchmark", TOP_KEYS, data)
     _known(path, "", data, dict.fromkeys(TOP_KEYS, object))
     prepare = _typed(path, "prepare", data.get("prepare") or {}, PREPARE_KEYS)
     synth = _typed(path, "synth", data["synth"], SYNTH_KEYS) if data.get("synth") else None
@@ -116,7 +162,7 @@ def _validate(data: Any, path: Path) -> Benchmark:
     runs = data.get("runs")
     if not isinstance(runs, list) or not runs:
         raise SpaceError(f"{path}: runs: must be a non-empty list of {{model, task, ...}}")
-    expanded = [run for i, raw in enumerate(runs) for run in _runs(path, i, raw, defaults)]
+    expanded = [run for i, raw in enumerate(runs) for run in _runs(path, i, raw, defaults, models)]
     keys = [run.key for run in expanded]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
@@ -135,44 +181,72 @@ def _validate(data: Any, path: Path) -> Benchmark:
     )
 
 
-def _runs(path: Path, index: int, raw: Any, defaults: dict[str, Any]) -> list[BenchmarkRun]:
+def _runs(
+    path: Path, index: int, raw: Any, defaults: dict[str, Any], models: Mapping[str, str] | None
+) -> list[BenchmarkRun]:
     where = f"runs[{index}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or "task" not in raw:
         raise SpaceError(f"{path}: {where}: needs model and task")
     _known(path, f"{where}.", raw, RUN_KEYS)
+    model, task = raw["model"], within(f"{path}: {where}.task", raw["task"], None, TASKS)
+    if models is not None and model not in models:
+        raise SpaceError(f"{path}: {where}.model: {model!r} is not one of {sorted(models)}")
+    if models is not None and models[model] != task:
+        raise SpaceError(f"{path}: {where}.task: {task!r}, but {model} is a {models[model]} model")
     settings = raw.get("settings", list(SETTINGS))
-    bad = [s for s in settings if s not in SETTINGS] if isinstance(settings, list) else [settings]
-    if bad or not settings:
-        raise SpaceError(f"{path}: {where}.settings: {bad or settings!r}; use {list(SETTINGS)}")
+    if not isinstance(settings, list) or not settings or any(s not in SETTINGS for s in settings):
+        raise SpaceError(f"{path}: {where}.settings: {settings!r}; use a list of {list(SETTINGS)}")
     own = _sweep(path, where, {k: v for k, v in raw.items() if k in SWEEP_KEYS})
     sweep = defaults | own
     for key in ("fix", "train"):
         sweep[key] = {**defaults.get(key, {}), **own.get(key, {})}
-    return [BenchmarkRun(raw["model"], str(raw["task"]), s, sweep) for s in settings]
+    _check_space(f"{path}: {where}.space", sweep.get("space"), task)
+    return [BenchmarkRun(model, task, s, sweep) for s in settings]
+
+
+def _check_space(where: str, name: str | None, task: str) -> None:
+    """A space a run names must load and be one of the run's task."""
+    if name is None:
+        return
+    try:
+        space = load_space(name)
+    except SpaceError as exc:
+        raise SpaceError(f"{where}: {exc}") from None
+    if space.task != task:
+        raise SpaceError(f"{where}: {name!r} is a {space.task} space, the run's task is {task}")
 
 
 def _sweep(path: Path, where: str, data: Any) -> dict[str, Any]:
     sweep = _typed(path, where, data, SWEEP_KEYS)
-    for key, value in (sweep.get("fix") or {}).items():
-        if key not in TUNABLE:
-            raise SpaceError(
-                f"{path}: {where}.fix.{key}: unknown setting; tunable: {sorted(TUNABLE)}"
-            )
-        sweep["fix"][key] = _check_value(f"{path}: {where}.fix.{key}", key, value)
+    for key, extra in (("fix", {}), ("train", TRAIN_KEYS)):
+        options = sweep.get(key) or {}
+        for name, value in options.items():
+            at = f"{path}: {where}.{key}.{name}"
+            if name in TUNABLE:
+                options[name] = _check_value(at, name, value)
+            elif name in extra:
+                options[name] = _typed_value(at, name, value, extra[name])
+            else:
+                raise SpaceError(f"{at}: unknown setting; allowed: {sorted({*TUNABLE, *extra})}")
     return sweep
 
 
 def _typed(path: Path, where: str, data: Any, keys: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise SpaceError(f"{path}: {where}: must be a mapping")
+        raise SpaceError(f"{path}: {where}: must be a mapping, got {data!r}")
     _known(path, f"{where}.", data, keys)
     for key, value in data.items():
-        if not isinstance(value, keys[key]) or isinstance(value, bool):
-            raise SpaceError(f"{path}: {where}.{key}: {value!r} is not a valid {key}")
+        _typed_value(f"{path}: {where}.{key}", key, value, keys[key])
     return {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+def _typed_value(where: str, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise SpaceError(f"{where}: {value!r} is not a valid {key}")
+    return within(where, value, LIMITS.get(key), CHOICES.get(key))
+
+
 def _known(path: Path, where: str, data: dict[str, Any], keys: dict[str, Any] | set) -> None:
-    unknown = sorted(set(data) - set(keys))
+    unknown = sorted(set(data) - set(keys), key=str)
     if unknown:
         raise SpaceError(f"{path}: {where}{unknown}: unknown key(s); allowed: {sorted(keys)}")

@@ -170,23 +170,22 @@ def test_truncated_uncompressed_file(tmp_path):
     path = tmp_path / "cut.dcm"
     path.write_bytes(data[: len(data) // 2])
     reason = reason_of(path)
-    assert reason.startswith("truncated: pixel data shorter than Rows")
+    assert reason.startswith("truncated: the file ends inside its pixel data")
     ds = pydicom.dcmread(EVRLE, stop_before_pixels=True)
     for secret in (str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.StudyDate)):
         assert secret not in reason
 
 
-def test_uncompressed_pixels_are_mapped_from_the_file_not_copied(tmp_path):
+def test_uncompressed_pixels_are_read_once_into_the_array(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 4096, (3000, 2000), dtype=np.uint16)  # 12 MB
     path = write_dicom(tmp_path / "big.dcm", pixels)
     tracemalloc.start()
     image = read_image(path)
-    crop = image[1000:1100, 500:600].copy()  # a lesion crop touches only its rows
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < pixels.nbytes // 10, f"read_image allocated {peak} bytes"
-    assert np.array_equal(image, pixels) and np.array_equal(crop, pixels[1000:1100, 500:600])
-    assert not image.flags.writeable  # a view of the file: never written through
+    # one buffer of the image's size: no bytes object beside it (pydicom's path holds two)
+    assert peak < 1.1 * pixels.nbytes, f"read_image allocated {peak} bytes"
+    assert np.array_equal(image, pixels)
 
 
 def test_truncated_rle_file(tmp_path):

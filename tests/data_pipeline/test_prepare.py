@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -237,27 +233,3 @@ def test_no_phi_leaves_the_headers(tmp_path: Path, ray_local) -> None:
 
 def _cli(args: list[str]) -> list[str]:
     return [str(Path(sys.executable).parent / "mammobench"), *args]
-
-
-def test_resume_after_kill_matches_an_uninterrupted_run(
-    synthetic_data: Path, tmp_path: Path, ray_local: str
-) -> None:
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    sizes = {**SMALL, "shard_size": 2}
-    prepare(build_catalog(synthetic_data), clean, PrepareConfig(**sizes))
-    env = {**os.environ, "RAY_ADDRESS": ray_local}
-    args = ["prepare", str(synthetic_data), "--out", str(killed), "--task", "all"]
-    args += [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
-    proc = subprocess.Popen(
-        _cli(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(killed.rglob("0*.json"))) < 3:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(list(killed.rglob("0*.json"))) >= 3
-    assert not (killed / "manifest.json").exists()
-    done = subprocess.run(_cli(args), env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert _outputs(killed) == _outputs(clean)
