@@ -7,7 +7,7 @@ PORT ?= 5000
 export HF_HUB_OFFLINE ?= 1
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.5
 
-.PHONY: demo test lint format ui venv clean
+.PHONY: demo test test-deps lint format ui venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/mammobench benchmark --demo
 
-test: venv
+# Debian packages the tests need: PostgreSQL (a real tracking-server backend, tests/reliability).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
+test: venv test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -431,21 +431,31 @@ def models(
 @app.command()
 def ui(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. Anything but loopback exposes the unauthenticated "
+            "store to whoever reaches it (a warning says so); prefer ssh -L."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
-    """Open the MLflow UI on the tracking store (bound to 127.0.0.1)."""
+    """Open the MLflow UI on the tracking store (bound to 127.0.0.1 unless --host says otherwise)."""
     import os
     import subprocess
 
-    from orchestration.ui import ui_command
+    from orchestration.ui import exposure_warning, ui_command, ui_url
 
     settings = ctx.obj
     if not settings.tracking_uri.startswith("sqlite:"):
         typer.echo(f"the tracking store is a server: open {settings.tracking_uri}")
         return
-    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {settings.tracking_uri}; Ctrl-C stops)")
-    cmd = ui_command(settings, port)
-    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_HOST": "127.0.0.1"}))
+    warning = exposure_warning(host, port)
+    if warning:
+        typer.echo(warning, err=True)
+    typer.echo(f"MLflow UI: {ui_url(host, port)}  (store {settings.tracking_uri}; Ctrl-C stops)")
+    cmd = ui_command(settings, port, host)
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_HOST": host}))
 
 
 if __name__ == "__main__":

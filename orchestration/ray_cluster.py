@@ -3,7 +3,8 @@
 Locally, a trial's driver holds one CPU and its Train worker another; on a 2-core machine that leaves
 Ray Data nothing and the pipeline hangs. So the local cluster declares more logical CPUs than cores
 (``LOCAL_CPU_FACTOR``), and sweeps derive ``max_concurrent_trials`` from that. The dashboard always
-runs: without it, trials that ASHA stops leak their placement groups.
+runs: without it, trials that ASHA stops leak their placement groups. It listens on 127.0.0.1
+only (``DASHBOARD_HOST``): its job API runs code, so reach a remote one through ``ray dashboard``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 LOCAL_CPU_FACTOR = 2
 MIN_LOCAL_CPUS = 4
 NUM_CPUS_ENV = "MAMMOBENCH_NUM_CPUS"
+DASHBOARD_HOST = "127.0.0.1"  # Ray's default today, stated so that a new default cannot widen it
 
 
 def local_cpus() -> int:
@@ -41,6 +43,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     ray.init(
         num_cpus=num_cpus or local_cpus(),
+        dashboard_host=DASHBOARD_HOST,
         _temp_dir=str(ray_temp_dir()),
         log_to_driver=True,
     )

@@ -1,0 +1,102 @@
+"""A worker node lost mid-sweep: a simulated 3-node cluster (``ray.cluster_utils.Cluster``, as
+Ray's own tests use: a head that trains nothing and two 4-CPU workers, each with room for both trials), one
+worker removed (not drained) once a trial has checkpointed; the sweep completes on the other
+and MLflow shows every trial once, every epoch once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tests.reliability.test_faults import TWO_TRIALS, _children, _history
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEP = """
+import json, sys, threading, time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from orchestration.settings import Settings
+from orchestration.tune import SweepConfig, run_sweep
+
+data, home, space, temp = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+head = {"num_cpus": 0, "dashboard_port": int(sys.argv[5]), "temp_dir": temp}
+cluster = Cluster(initialize_head=True, head_node_args=head)
+workers = [cluster.add_node(num_cpus=4) for _ in range(2)]  # room for both after a loss
+cluster.wait_for_nodes()
+ray.init(address=cluster.address)
+removed = []
+
+
+def remove_a_busy_worker_node():
+    # once a trial has checkpointed, remove the worker node using the most CPUs
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not removed:
+        if any((home / "rr").glob("node-lost-*/checkpoint_manager_snapshot.json")):
+            free = ray._private.state.available_resources_per_node()
+            node = min(workers, key=lambda n: free.get(n.unique_id, {}).get("CPU", 0.0))
+            cluster.remove_node(node, allow_graceful=False)
+            removed.append([node.unique_id, sorted(free)])
+        time.sleep(0.2)
+
+
+killer = threading.Thread(target=remove_a_busy_worker_node)
+killer.start()
+settings = Settings(home, f"sqlite:///{home / 'mlflow.db'}", str(home / "rr"), cluster.address)
+sweep = SweepConfig(model="mobilenetv2", data=data, space=space, max_epochs=3, scheduler="fifo",
+                    name="node-lost", fixed={"batch_size": 16}, train={"bootstrap": 20})
+summary = run_sweep(sweep, settings)
+killer.join()
+print(json.dumps({"removed": removed, "trials": summary["trials"]}, default=str))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sweep_survives_a_lost_worker_node(prepared_small: Path, tmp_path: Path) -> None:
+    space, script = tmp_path / "two.yaml", tmp_path / "sweep.py"
+    space.write_text(TWO_TRIALS)
+    script.write_text(SWEEP)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    temp = tempfile.mkdtemp(prefix="mb-cluster-")  # short: Ray's socket paths stay < 108 bytes
+    os.mkdir(f"{temp}/ray")  # RAY_TMPDIR/ray: the cluster's address file, not /tmp/ray's
+    args = [str(prepared_small), str(tmp_path), str(space), temp, str(_free_port())]
+    try:
+        run = subprocess.run(
+            [sys.executable, str(script), *args],
+            env=env | {"PYTHONPATH": str(REPO), "RAY_TMPDIR": temp},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["removed"], "no worker node was removed"
+    assert [t["status"] for t in result["trials"]] == ["TERMINATED", "TERMINATED"]
+    assert all(t["epochs"] == 3 for t in result["trials"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent, children = _children(client, "node-lost")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    starts = []
+    for run_ in children:
+        assert run_.info.status == "FINISHED"
+        assert [step for step, _ in _history(client, run_, "epoch")] == [1, 2, 3]
+        starts += [value for _, value in _history(client, run_, "start_epoch")]
+    assert max(starts) >= 1  # the trial on the lost node went on from its checkpoint
