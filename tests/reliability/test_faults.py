@@ -20,18 +20,14 @@ from mlflow.tracking import MlflowClient
 from orchestration.settings import Settings
 from orchestration.tune import SweepConfig, run_sweep
 from tests.orchestration.test_train import last_json
+from tests.orchestration.test_tune import TWO_LRS
 
 ONE_TRIAL = """task: classification
 params:
   pretrained: {value: false}
   lr: {value: 1.0e-3}
 """
-TWO_TRIALS = """task: classification
-params:
-  pretrained: {grid: [true, false]}
-  unfreeze: {choice: [0, study]}
-  lr: {grid: [3.0e-3, 1.0e-4]}
-"""
+TWO_TRIALS = TWO_LRS  # two scratch trials (the pretrained half is skipped offline)
 
 
 def _store(home: Path) -> MlflowClient:
@@ -171,3 +167,30 @@ def _resumable(storage: Path) -> bool:
     return any(storage.glob("killed/experiment_state*.json")) and any(
         storage.glob("killed-*/checkpoint_manager_snapshot.json")
     )
+
+
+def test_epochs_lost_with_a_killed_driver_are_logged_from_the_resent_history(
+    tmp_path: Path,
+) -> None:
+    """The kill fell between Train's checkpoint of epoch 3 and the tracker's logging of it: the
+    restarted run's first report re-sends epochs 1-4 and the run ends with each exactly once."""
+    from types import SimpleNamespace
+
+    from orchestration.tracking import SweepRun, TrialTracker, client_for, experiment_id
+    from orchestration.train_config import TrainConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    exp = experiment_id(client, "resend", tmp_path / "artifacts")
+    parent = SweepRun.open(client, exp, "resend", resume=False).run_id
+    base = TrainConfig(model="mobilenetv2", data=str(tmp_path)).to_dict()
+    trial = SimpleNamespace(trial_id="t_00000", config={}, last_result={})
+    results = [{"epoch": e, "train_loss": 1 / e, "val_auc": 0.5 + e / 100} for e in (1, 2, 3, 4)]
+    first = TrialTracker(uri, exp, parent, base, str(tmp_path))
+    for result in results[:2]:  # epoch 3 reached the checkpoint, not the tracker
+        first.on_trial_result(0, [], trial, result)
+    restarted = TrialTracker(uri, exp, parent, base, str(tmp_path))  # the resumed driver
+    restarted.on_trial_result(0, [], trial, {**results[3], "history": results})
+    (run,) = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+    for key in ("epoch", "train_loss", "val_auc"):
+        assert [step for step, _ in _history(client, run, key)] == [1, 2, 3, 4]
