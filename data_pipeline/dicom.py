@@ -16,11 +16,11 @@ makes pydicom raise almost anything (``BytesLengthException``, ``struct.error``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import cv2
@@ -47,10 +47,6 @@ FAST_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 MAMMO_VIEWS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "AT"})
 _TRUNCATION_WARNING = "End of file reached"
-# pydicom warns and logs about invalid values by quoting them (names, UIDs, dates): values are
-# not validated on reading here, and its logger is kept quiet below errors.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-logging.getLogger("pydicom").setLevel(logging.ERROR)
 _DEFER_BYTES = 1024  # pixel data (and any other value) above this size is left in the file
 MAX_PIXELS = 2**27  # 134 M pixels (CBIS-DDSM's largest image has ~40 M): beyond, a damaged header
 TRUNCATED_PIXELS = "truncated: the file ends inside its pixel data"
@@ -65,6 +61,18 @@ class DicomError(Exception):
         self.reason = reason
 
 
+@contextlib.contextmanager
+def _values_not_validated() -> Iterator[None]:
+    """pydicom warns and logs about invalid values by quoting them (names, UIDs, dates): while a
+    file is read here no value is validated, so none is quoted (the setting is restored after)."""
+    settings = pydicom.config.settings
+    mode, settings.reading_validation_mode = settings.reading_validation_mode, pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = mode
+
+
 def _contained(read: Callable[..., _T]) -> Callable[..., _T]:
     """Any exception of ``read`` becomes a ``DicomError`` naming its type (never its message,
     which may quote header values)."""
@@ -72,7 +80,8 @@ def _contained(read: Callable[..., _T]) -> Callable[..., _T]:
     @functools.wraps(read)
     def wrapper(*args: Any, **kwargs: Any) -> _T:
         try:
-            return read(*args, **kwargs)
+            with _values_not_validated():
+                return read(*args, **kwargs)
         except DicomError:
             raise
         except MemoryError:
