@@ -13,6 +13,7 @@ rejected with that reason: the other CSVs are still catalogued.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -163,7 +164,9 @@ def _check_paths(row: CaseRow) -> list[PurePosixPath]:
 
 
 def _pick_mask(
-    candidates: list[Path], image: Path | None, shape
+    candidates: list[Path],
+    image: Path | None,
+    shape: Callable[[Path], tuple[int, int, int] | None],
 ) -> tuple[Path | None, Path | None]:
     """Mask and crop among a ROI series' files, by content: a mask is 8-bit and image-sized."""
     shapes = {path: shape(path) for path in candidates}

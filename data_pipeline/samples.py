@@ -15,7 +15,7 @@ import numpy as np
 
 from data_pipeline import transforms
 from data_pipeline.dicom import DicomError, align_mask, read_image
-from data_pipeline.prepare_plan import PrepareConfig
+from data_pipeline.prepare_plan import METADATA, PrepareConfig
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,7 @@ def _load_mask(root: Path, rel: str | None, csv_path: str, shape: tuple[int, ...
 
 
 def _base(item: dict[str, Any]) -> dict[str, Any]:
-    keep = (
-        "key",
-        "split",
-        "label",
-        "patient_id",
-        "lesion_type",
-        "side",
-        "view",
-        "breast_density",
-        "assessment",
-        "subtlety",
-        "morphology",
-        "distribution",
-        "pathology",
-    )
-    return {k: item.get(k) for k in keep}
+    return {k: item.get(k) for k in ("key", "split", "label", *METADATA)}
 
 
 def _classification(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:

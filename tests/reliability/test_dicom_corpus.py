@@ -15,6 +15,7 @@ import sys
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -228,8 +229,6 @@ def _items(image: str, mask: str, crop: str) -> list[dict]:
 
 
 def _config_dict() -> dict:
-    from dataclasses import asdict
-
     return asdict(CONFIG)
 
 
