@@ -24,8 +24,8 @@ from data_pipeline.convert import prepare
 from data_pipeline.prepare_plan import PrepareConfig
 from data_pipeline.synth import SynthConfig, make_synthetic
 from orchestration.ray_cluster import init_ray
-from orchestration.train_config import TrainConfig, shard_paths
-from orchestration.train_data import _columns, _decode, _read_shards, build_datasets, epoch_batches
+from orchestration.train.config import TrainConfig, shard_paths
+from orchestration.train.data import _columns, _decode, _read_shards, build_datasets, epoch_batches
 
 
 def _unshuffled(cfg: TrainConfig):

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from data_pipeline import SPLITS
 from data_pipeline.case_csv import CaseCsvError, CaseRow, find_case_csvs, read_case_csv
 from data_pipeline.dicom import DicomError, read_header
 from data_pipeline.layout import SeriesIndex, UnsafePathError, check_relative, series_files
@@ -112,7 +113,7 @@ class Catalog:
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``mammobench catalog --json`` (``images``: physical images)."""
-        by_split = Counter({s: 0 for s in ("train", "val", "test", "excluded")})
+        by_split = Counter({s: 0 for s in (*SPLITS, "excluded")})
         by_split.update(a.split for a in self.abnormalities)
         series = {a.image_key for a in self.abnormalities} | self._rejected_images()
         views = Counter(physical_view(key) for key in series)

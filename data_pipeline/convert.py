@@ -23,8 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_pipeline import SPLITS, TASKS
 from data_pipeline.catalog import Catalog
-from data_pipeline.prepare_plan import SPLITS, PrepareConfig, fingerprint, plan_items, shard_specs
+from data_pipeline.prepare_plan import PrepareConfig, fingerprint, plan_items, shard_specs
 from data_pipeline.ray_data import data_context
 from data_pipeline.samples import Quarantined, check_files, convert_item
 
@@ -119,7 +120,7 @@ def _start_fresh_if_changed(out: Path, print_fn, digest: str) -> None:
         print_fn(f"inputs or config changed: rebuilding {out}")
         for name in ("manifest.json", "quarantine.csv"):  # first: see ``_previous_manifest``
             (out / name).unlink(missing_ok=True)
-        for task_dir in ("classification", "segmentation", "detection"):
+        for task_dir in TASKS:
             shutil.rmtree(out / task_dir, ignore_errors=True)
     _atomic_write(state, json.dumps({"fingerprint": digest}).encode())
 

@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from data_pipeline import SPLITS, TASKS
 from data_pipeline.catalog import Abnormality, Catalog, FullImage, image_pathology
 
-TASKS = ("classification", "segmentation", "detection")
-SPLITS = ("train", "val", "test")
 LABEL_MAPS = {
     "binary": {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0, "MALIGNANT": 1},
     "3class": {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 1, "MALIGNANT": 2},
@@ -70,11 +69,11 @@ class PrepareConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrepareConfig:
-        """Build from a plain dict (e.g. a manifest's ``config``)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["tasks"] = tuple(values.get("tasks", TASKS))
-        return cls(**values)
+        """Build from a plain dict (e.g. a manifest's ``config``); unknown keys are an error."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown PrepareConfig keys {unknown}")
+        return cls(**data | {"tasks": tuple(data.get("tasks", TASKS))})
 
 
 def _metadata(record: Abnormality | FullImage) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from collections.abc import Iterable
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
-
 
 def assign_splits(
     rows: Iterable[tuple[str, str, str]], val_fraction: float = 0.15, seed: int = 0

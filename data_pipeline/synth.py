@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from data_pipeline.case_csv import SUBJECT_PREFIX
 from data_pipeline.synth_images import (
@@ -170,6 +170,39 @@ class _Writer:
         )
 
 
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    syntax: UID = ExplicitVRLittleEndian,
+    sop_class: UID = SecondaryCaptureImageStorage,
+    sop_instance: str | None = None,
+    bits_stored: int | None = None,
+    photometric: str = "MONOCHROME2",
+    **elements: object,
+) -> Path:
+    """One single-frame DICOM file of ``pixels`` (native bytes under ``syntax``), as CBIS-DDSM's
+    Secondary Capture files are; ``elements`` add or override header elements by keyword."""
+    sop_instance = sop_instance or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_instance
+    meta.TransferSyntaxUID = syntax
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_instance
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, int(pixels.dtype.kind == "i")
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def _write_dicom(
     path: Path,
     pixels: np.ndarray,
@@ -182,26 +215,27 @@ def _write_dicom(
     sop: str,
     number: int,
 ) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
-    ds.Modality, ds.ConversionType, ds.SeriesDescription = "MG", "WSD", description
-    ds.PatientName = ds.PatientID = subject
+    """A file of the synthetic download: MG, the subject as name and ID, its batch's date."""
     month, day, year = BATCH_DATE[subject.split("_")[0]].split("-")
-    ds.StudyDate = f"{year}{month}{day}"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID = study, series, "DDSM"
-    ds.SeriesNumber, ds.InstanceNumber = 1, number
-    ds.BodyPartExamined, ds.PatientOrientation, ds.Laterality = "BREAST", view, side[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(
+        path,
+        pixels,
+        sop_instance=sop,
+        Modality="MG",
+        ConversionType="WSD",
+        SeriesDescription=description,
+        PatientName=subject,
+        PatientID=subject,
+        StudyDate=f"{year}{month}{day}",
+        StudyInstanceUID=study,
+        SeriesInstanceUID=series,
+        StudyID="DDSM",
+        SeriesNumber=1,
+        InstanceNumber=number,
+        BodyPartExamined="BREAST",
+        PatientOrientation=view,
+        Laterality=side[0],
+    )
 
 
 def _descriptors(lesion_type: str, malignant: bool, rng: np.random.Generator) -> list[str]:

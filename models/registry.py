@@ -34,6 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from data_pipeline import TASKS
 from models.classifiers import (
     ClassifierConfig,
     build_classifier,
@@ -56,8 +57,7 @@ from models.segmenters import (
 from models.spec import ModelSpec, Unfreeze
 from models.weights import WeightsSource, check_weights
 
-Task = Literal["classification", "segmentation", "detection"]
-TASKS: tuple[Task, ...] = ("classification", "segmentation", "detection")
+Task = Literal["classification", "segmentation", "detection"]  # data_pipeline.TASKS, typed
 
 
 class UnknownModelError(ValueError):

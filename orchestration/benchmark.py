@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from models import ModelSpec, weights_available
-from orchestration import tracking
-from orchestration.leaderboard import leaderboard, write_leaderboard
+from orchestration.results import tracking
+from orchestration.results.leaderboard import leaderboard, write_leaderboard
 from orchestration.settings import Settings
 from orchestration.tune import ClusterTooSmall, SweepConfig, max_concurrent_trials, run_sweep
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
@@ -61,7 +61,7 @@ def run_benchmark(
         name,
         resume=job.resume,
         kind="benchmark",
-        tags={"mammobench.config": job.bench.path},
+        tags={tracking.CONFIG_TAG: job.bench.path},
     )
     top.log_config(
         {
@@ -156,9 +156,10 @@ def prepare_once(
     data: Path, out: Path, options: dict[str, Any], echo: Callable[[str], None]
 ) -> Path:
     """Prepare all tasks of ``data`` into ``out`` (a no-op when shards of the same inputs are there)."""
+    from data_pipeline import TASKS
     from data_pipeline.catalog import build_catalog
     from data_pipeline.convert import prepare
-    from data_pipeline.prepare_plan import TASKS, PrepareConfig
+    from data_pipeline.prepare_plan import PrepareConfig
 
     cfg = PrepareConfig(tasks=TASKS, **options)
     catalog = build_catalog(data, None, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -179,9 +180,9 @@ def _run_one(
     """One sweep of the benchmark; False when it failed (the benchmark goes on)."""
     name = f"{bench}-{run.key}"
     tags = {
-        "mammobench.setting": run.setting,
-        "mammobench.model": run.model,
-        "mammobench.task": run.task,
+        tracking.SETTING_TAG: run.setting,
+        tracking.MODEL_TAG: run.model,
+        tracking.TASK_TAG: run.task,
         tracking.BENCH_TAG: bench,
     }
     if tracking.sweep_done(top.client, top.experiment_id, name):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from orchestration.settings import Settings
+from data_pipeline import TASKS
+from data_pipeline.catalog import build_catalog
+from data_pipeline.prepare_plan import PrepareConfig
+from data_pipeline.synth import SynthConfig
+from orchestration.settings import Settings, set_offline_environment
+from orchestration.sweep_config import SweepConfig
+from orchestration.train.config import TrainConfig
 
 app = typer.Typer(
     help="Distributed experiment orchestration on Ray for breast-cancer deep learning on CBIS-DDSM.",
@@ -19,6 +27,53 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts show [default: ...] literally
 )
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (None is "not given"), so a config's own defaults apply."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def default(owner: type | Callable[..., Any], name: str) -> Any:
+    """The default of ``name`` where it is defined: a dataclass field (its factory called) or a
+    function's parameter."""
+    if not dataclasses.is_dataclass(owner):
+        return inspect.signature(owner).parameters[name].default
+    field = {f.name: f for f in dataclasses.fields(owner)}[name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    if field.default is dataclasses.MISSING:
+        raise ValueError(f"{owner.__name__}.{name} has no default")
+    return field.default
+
+
+def option(
+    owner: type | Callable[..., Any],
+    name: str,
+    text: str = "",
+    *decls: str,
+    show: Callable[[Any], str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A ``typer.Option`` that defaults to None ("not given") and whose help ends with
+    ``[default: ...]``, the default of ``owner``'s ``name`` (see ``default``).
+
+    A bool shows the flag in effect (from ``--on/--off`` in ``decls``), a tuple as it is typed.
+    """
+    value = default(owner, name)
+    if show is not None:
+        value = show(value)
+    elif isinstance(value, bool):
+        on, off = decls[0].split("/")
+        value = on if value else off
+    elif isinstance(value, tuple):
+        value = " ".join(map(str, value))
+    return typer.Option(*decls, help=f"{text} [default: {value}]".lstrip(), **kwargs)
+
+
+def task_choice(tasks: tuple[str, ...]) -> str:
+    """The ``prepare --task`` value that selects ``tasks``."""
+    return "all" if tuple(tasks) == TASKS else ",".join(tasks)
 
 
 @contextmanager
@@ -61,6 +116,7 @@ def main(
     ] = None,
 ) -> None:
     """Global options; the local work dir is ./runs or $MAMMOBENCH_HOME."""
+    set_offline_environment()
     ctx.obj = Settings.resolve(tracking_uri, storage, address)
 
 
@@ -73,36 +129,44 @@ def catalog(
         Path | None, typer.Option("--csv", help="Folder of the case-description CSVs.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Share of train patients in val.")] = 0.15,
+    seed: Annotated[
+        int | None, option(build_catalog, "seed", "Seed of the validation split.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, option(build_catalog, "val_fraction", "Share of train patients in val.")
+    ] = None,
 ) -> None:
     """Read the case CSVs, find every DICOM, make patient-level splits and summarise."""
-    from data_pipeline.catalog import build_catalog
-    from orchestration.report_text import catalog_text
+    from orchestration.results.report_text import catalog_text
 
-    summary = build_catalog(data, csv, val_fraction=val_fraction, seed=seed).summary()
+    summary = build_catalog(data, csv, **given(val_fraction=val_fraction, seed=seed)).summary()
     typer.echo(json.dumps(summary) if as_json else catalog_text(summary))
 
 
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the synthetic download to.")],
-    patients: Annotated[int, typer.Option(min=2, help="Number of patients.")] = 24,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-    size: Annotated[tuple[int, int], typer.Option(help="Full image rows and columns (H W).")] = (
-        320,
-        192,
-    ),
+    patients: Annotated[
+        int | None, option(SynthConfig, "patients", "Number of patients.", min=2)
+    ] = None,
+    seed: Annotated[
+        int | None, option(SynthConfig, "seed", "Random seed (same seed, same bytes).")
+    ] = None,
+    size: Annotated[
+        tuple[int, int] | None, option(SynthConfig, "size", "Full image rows and columns (H W).")
+    ] = None,
     layout: Annotated[
-        str, typer.Option(help="nbia | nbia-no-metadata | csv (folder layout to write).")
-    ] = "nbia",
+        str | None,
+        option(SynthConfig, "layout", "nbia | nbia-no-metadata | csv (folder layout to write)."),
+    ] = None,
 ) -> None:
     """Write a small CBIS-DDSM-shaped download (NBIA tree, CSVs, DICOMs) with learnable lesions."""
-    from data_pipeline.synth import SynthConfig, make_synthetic
+    from data_pipeline.synth import make_synthetic
 
-    cfg = SynthConfig(patients=patients, seed=seed, size=tuple(size), layout=layout)
+    shape = None if size is None else tuple(size)
+    cfg = SynthConfig(**given(patients=patients, seed=seed, size=shape, layout=layout))
     make_synthetic(out, cfg)
-    typer.echo(f"wrote a synthetic CBIS-DDSM download for {patients} patients to {out}")
+    typer.echo(f"wrote a synthetic CBIS-DDSM download for {cfg.patients} patients to {out}")
 
 
 @app.command()
@@ -110,58 +174,87 @@ def prepare(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="CBIS-DDSM download or `mammobench synth` output.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for shards and manifest.json.")],
-    task: Annotated[str, typer.Option(help="classification|segmentation|detection|all")] = "all",
+    task: Annotated[
+        str | None, option(PrepareConfig, "tasks", "|".join((*TASKS, "all")), show=task_choice)
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Parallel conversion tasks [default: all CPUs].")
     ] = None,
-    cls_size: Annotated[int, typer.Option(min=1, help="Classification image side.")] = 224,
-    seg_size: Annotated[int, typer.Option(min=1, help="Segmentation crop side.")] = 512,
-    det_size: Annotated[int, typer.Option(min=1, help="Detection image long side.")] = 1024,
-    lesion_type: Annotated[str, typer.Option(help="mass|calc|all")] = "all",
+    cls_size: Annotated[
+        int | None, option(PrepareConfig, "cls_size", "Classification image side.", min=1)
+    ] = None,
+    seg_size: Annotated[
+        int | None, option(PrepareConfig, "seg_size", "Segmentation crop side.", min=1)
+    ] = None,
+    det_size: Annotated[
+        int | None, option(PrepareConfig, "det_size", "Detection image long side.", min=1)
+    ] = None,
+    lesion_type: Annotated[
+        str | None, option(PrepareConfig, "lesion_type", "mass|calc|all")
+    ] = None,
     cls_input: Annotated[
-        str, typer.Option("--input", help="crop (lesion crop) | whole (full image, the seed's).")
-    ] = "crop",
-    label_map: Annotated[str, typer.Option(help="binary | 3class")] = "binary",
-    shard_size: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 64,
+        str | None,
+        option(
+            PrepareConfig,
+            "cls_input",
+            "crop (lesion crop) | whole (full image, the seed's).",
+            "--input",
+        ),
+    ] = None,
+    label_map: Annotated[str | None, option(PrepareConfig, "label_map", "binary | 3class")] = None,
+    shard_size: Annotated[
+        int | None, option(PrepareConfig, "shard_size", "Rows per Parquet shard.", min=1)
+    ] = None,
     max_quarantine: Annotated[
-        float,
-        typer.Option(min=0, max=1, help="Fail (exit 1) when more than this share is quarantined."),
-    ] = 0.05,
+        float | None,
+        option(
+            PrepareConfig,
+            "max_quarantine",
+            "Fail (exit 1) when more than this share is quarantined.",
+            min=0,
+            max=1,
+        ),
+    ] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Folder of the case CSVs.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
+    seed: Annotated[
+        int | None, option(PrepareConfig, "seed", "Seed of the validation split.")
+    ] = None,
     val_fraction: Annotated[
-        float, typer.Option(help="Share of training patients in validation.")
-    ] = 0.15,
+        float | None,
+        option(PrepareConfig, "val_fraction", "Share of training patients in validation."),
+    ] = None,
 ) -> None:
     """Convert DICOMs into Parquet shards with Ray Data: resumable, nothing lost, no PHI."""
-    from data_pipeline.catalog import build_catalog
     from data_pipeline.convert import prepare as run_prepare
-    from data_pipeline.prepare_plan import TASKS, PrepareConfig
     from orchestration.ray_cluster import init_ray
-    from orchestration.report_text import prepare_text
+    from orchestration.results.report_text import prepare_text
 
-    tasks = TASKS if task == "all" else (task,)
+    tasks = None if task is None else TASKS if task == "all" else (task,)
     with user_errors():  # bad option values, missing DATA or CSVs fail before Ray starts
         cfg = PrepareConfig(
-            tasks=tasks,
-            cls_size=cls_size,
-            seg_size=seg_size,
-            det_size=det_size,
-            lesion_type=lesion_type,
-            cls_input=cls_input,
-            label_map=label_map,
-            shard_size=shard_size,
-            seed=seed,
-            max_quarantine=max_quarantine,
-            val_fraction=val_fraction,
+            **given(
+                tasks=tasks,
+                cls_size=cls_size,
+                seg_size=seg_size,
+                det_size=det_size,
+                lesion_type=lesion_type,
+                cls_input=cls_input,
+                label_map=label_map,
+                shard_size=shard_size,
+                seed=seed,
+                max_quarantine=max_quarantine,
+                val_fraction=val_fraction,
+            )
         )
-        catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=seed)
+        catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=cfg.seed)
     init_ray(ctx.obj.address)
     manifest = run_prepare(catalog, out, cfg, workers=workers, print_fn=typer.echo)
-    text, share = prepare_text(manifest, out, tasks)
+    text, share = prepare_text(manifest, out, cfg.tasks)
     typer.echo(text)
-    if share > max_quarantine:
-        typer.echo(f"quarantined share {share:.1%} exceeds --max-quarantine {max_quarantine:.1%}")
+    if share > cfg.max_quarantine:
+        typer.echo(
+            f"quarantined share {share:.1%} exceeds --max-quarantine {cfg.max_quarantine:.1%}"
+        )
         raise typer.Exit(1)
 
 
@@ -170,64 +263,85 @@ def train(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Architecture (see `mammobench models`).")],
     data: Annotated[Path, typer.Option(help="Prepared data folder (PREP).")],
-    task: Annotated[
-        str, typer.Option(help="classification|segmentation|detection")
-    ] = "classification",
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    lr: Annotated[float, typer.Option(parser=_above_zero, help="Learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    task: Annotated[str | None, option(TrainConfig, "task", "|".join(TASKS))] = None,
+    epochs: Annotated[int | None, option(TrainConfig, "epochs", min=1)] = None,
+    lr: Annotated[
+        float | None, option(TrainConfig, "lr", "Learning rate.", parser=_above_zero)
+    ] = None,
+    batch_size: Annotated[int | None, option(TrainConfig, "batch_size", min=1)] = None,
     pretrained: Annotated[
-        bool, typer.Option("--pretrained/--scratch", help="ImageNet weights or random init.")
-    ] = False,
+        bool | None,
+        option(
+            TrainConfig, "pretrained", "ImageNet weights or random init.", "--pretrained/--scratch"
+        ),
+    ] = None,
     unfreeze: Annotated[
-        str, typer.Option(help="With --pretrained: last N stages, or all.")
-    ] = "all",
-    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers (DDP when > 1).")] = 1,
-    gpus_per_worker: Annotated[float, typer.Option(min=0)] = 0.0,
-    balance: Annotated[str, typer.Option(help="oversample|weighted|none")] = "oversample",
-    schedule: Annotated[str, typer.Option(help="cosine|plateau|none")] = "cosine",
-    patience: Annotated[int, typer.Option(min=0, help="Early-stopping patience (epochs).")] = 5,
-    in_chans: Annotated[int, typer.Option(help="3: repeat grayscale; 1: adapt conv1.")] = 3,
+        str | None, option(TrainConfig, "unfreeze", "With --pretrained: last N stages, or all.")
+    ] = None,
+    workers: Annotated[
+        int | None, option(TrainConfig, "workers", "Ray Train workers (DDP when > 1).", min=1)
+    ] = None,
+    gpus_per_worker: Annotated[float | None, option(TrainConfig, "gpus_per_worker", min=0)] = None,
+    balance: Annotated[
+        str | None, option(TrainConfig, "balance", "oversample|weighted|none")
+    ] = None,
+    schedule: Annotated[str | None, option(TrainConfig, "schedule", "cosine|plateau|none")] = None,
+    patience: Annotated[
+        int | None, option(TrainConfig, "patience", "Early-stopping patience (epochs).", min=0)
+    ] = None,
+    in_chans: Annotated[
+        int | None, option(TrainConfig, "in_chans", "3: repeat grayscale; 1: adapt conv1.")
+    ] = None,
     encoder: Annotated[str | None, typer.Option(help="Segmenter encoder.")] = None,
     weights_dir: Annotated[
         str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
     ] = None,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment")] = True,
+    augment: Annotated[
+        bool | None, option(TrainConfig, "augment", "", "--augment/--no-augment")
+    ] = None,
     detection_classes: Annotated[
-        str, typer.Option(help="Detection: lesion (class-agnostic) or pathology boxes.")
-    ] = "lesion",
-    max_failures: Annotated[int, typer.Option(min=0, help="Worker failures to retry.")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+        str | None,
+        option(
+            TrainConfig,
+            "detection_classes",
+            "Detection: lesion (class-agnostic) or pathology boxes.",
+        ),
+    ] = None,
+    max_failures: Annotated[
+        int | None, option(TrainConfig, "max_failures", "Worker failures to retry.", min=0)
+    ] = None,
+    seed: Annotated[int | None, option(TrainConfig, "seed")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Train one architecture with Ray Train, then evaluate its best checkpoint on test."""
     from orchestration.ray_cluster import init_ray
-    from orchestration.report_text import train_text
-    from orchestration.train_config import TrainConfig
-    from orchestration.train_driver import check_job, run_training
+    from orchestration.results.report_text import train_text
+    from orchestration.train.driver import check_job, run_training
 
     with user_errors():  # bad values or names, missing data or weights fail before Ray starts
         cfg = TrainConfig(
             model=model,
             data=str(data.resolve()),
-            task=task,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            pretrained=pretrained,
-            unfreeze=unfreeze,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            balance=balance,
-            schedule=schedule,
-            patience=patience,
-            in_chans=in_chans,
-            encoder=encoder,
-            weights_dir=weights_dir,
-            augment=augment,
-            max_failures=max_failures,
-            seed=seed,
-            detection_classes=detection_classes,
+            **given(
+                task=task,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                pretrained=pretrained,
+                unfreeze=unfreeze,
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                balance=balance,
+                schedule=schedule,
+                patience=patience,
+                in_chans=in_chans,
+                encoder=encoder,
+                weights_dir=weights_dir,
+                augment=augment,
+                max_failures=max_failures,
+                seed=seed,
+                detection_classes=detection_classes,
+            ),
         )
         check_job(cfg.with_manifest())
     init_ray(ctx.obj.address)
@@ -244,18 +358,22 @@ def tune(
         str | None, typer.Argument(help="Architecture (see `mammobench models`).")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Prepared data folder (PREP).")] = None,
-    task: Annotated[
-        str, typer.Option(help="classification|segmentation|detection")
-    ] = "classification",
+    task: Annotated[str | None, option(SweepConfig, "task", "|".join(TASKS))] = None,
     space: Annotated[
         str | None, typer.Option(help="Space name or YAML path [default: the family's].")
     ] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Samples per grid point.")] = 2,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial (ASHA's max_t).")] = 10,
-    scheduler: Annotated[str, typer.Option(help="asha | fifo")] = "asha",
-    search: Annotated[str, typer.Option(help="random | optuna")] = "random",
-    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
-    gpus_per_trial: Annotated[float, typer.Option(min=0)] = 0.0,
+    samples: Annotated[
+        int | None, option(SweepConfig, "samples", "Samples per grid point.", min=1)
+    ] = None,
+    max_epochs: Annotated[
+        int | None, option(SweepConfig, "max_epochs", "Epochs per trial (ASHA's max_t).", min=1)
+    ] = None,
+    scheduler: Annotated[str | None, option(SweepConfig, "scheduler", "asha | fifo")] = None,
+    search: Annotated[str | None, option(SweepConfig, "search", "random | optuna")] = None,
+    workers: Annotated[
+        int | None, option(SweepConfig, "workers", "Ray Train workers per trial.", min=1)
+    ] = None,
+    gpus_per_trial: Annotated[float | None, option(SweepConfig, "gpus_per_trial", min=0)] = None,
     max_concurrent: Annotated[
         int | None, typer.Option(min=1, help="Trials at once [default: what the cluster fits now].")
     ] = None,
@@ -265,24 +383,32 @@ def tune(
     weights_dir: Annotated[
         str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
     ] = None,
-    grace_epochs: Annotated[int, typer.Option(min=1, help="ASHA grace period.")] = 1,
-    max_failures: Annotated[int, typer.Option(min=0, help="Retries of a failed trial.")] = 1,
+    grace_epochs: Annotated[
+        int | None, option(SweepConfig, "grace_epochs", "ASHA grace period.", min=1)
+    ] = None,
+    max_failures: Annotated[
+        int | None, option(SweepConfig, "max_failures", "Retries of a failed trial.", min=0)
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Sweep name [default: tune-MODEL-TASK-<time>].")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
+    resume: Annotated[
+        bool | None,
+        option(SweepConfig, "resume", "Continue an interrupted sweep.", "--resume/--no-resume"),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved space and stop.")] = False,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int | None, option(SweepConfig, "seed")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Sweep pretrained x unfrozen stages x learning rate with Ray Tune; track it in MLflow."""
     import yaml
 
-    from orchestration.report_text import tune_text
-    from orchestration.tune import resolve_space
+    from orchestration.results.report_text import tune_text
+    from orchestration.tune import SweepConfig, resolve_space
     from search_spaces import SpaceError, default_space, load_space
 
     if dry_run:  # needs only --space (or MODEL for its family's space)
+        task = default(SweepConfig, "task") if task is None else task
         with user_errors(SpaceError):
             if model:
                 resolved, skipped = resolve_space(space, task, model, weights_dir)
@@ -297,7 +423,8 @@ def tune(
         typer.echo("error: MODEL and --data are needed (only --dry-run works without)", err=True)
         raise typer.Exit(2)
     from orchestration.ray_cluster import init_ray
-    from orchestration.tune import SweepConfig, run_sweep
+    from orchestration.train.driver import check_job
+    from orchestration.tune import run_sweep
 
     train = {"batch_size": batch_size} if batch_size else {}
     train |= {"weights_dir": weights_dir} if weights_dir else {}
@@ -305,26 +432,27 @@ def tune(
         sweep = SweepConfig(
             model=model,
             data=str(data),
-            task=task,
-            space=space,
-            samples=samples,
-            max_epochs=max_epochs,
-            scheduler=scheduler,
-            search=search,
-            workers=workers,
-            gpus_per_trial=gpus_per_trial,
-            name=name,
-            resume=resume,
-            grace_epochs=grace_epochs,
-            max_failures=max_failures,
-            seed=seed,
             train=train,
-            max_concurrent=max_concurrent,
+            **given(
+                task=task,
+                space=space,
+                samples=samples,
+                max_epochs=max_epochs,
+                scheduler=scheduler,
+                search=search,
+                workers=workers,
+                gpus_per_trial=gpus_per_trial,
+                name=name,
+                resume=resume,
+                grace_epochs=grace_epochs,
+                max_failures=max_failures,
+                seed=seed,
+                max_concurrent=max_concurrent,
+            ),
         )
-        from orchestration.train_driver import check_job
-
         check_job(sweep.base())
-        resolve_space(space, task, model, weights_dir)  # a bad space file fails before Ray starts
+        # a bad space file fails before Ray starts
+        resolve_space(sweep.space, sweep.task, model, weights_dir)
     init_ray(ctx.obj.address)
     with user_errors(SpaceError):
         summary = run_sweep(sweep, ctx.obj)
@@ -364,10 +492,10 @@ def benchmark(
     from models import available_models
     from orchestration.benchmark import BenchmarkJob, run_benchmark
     from orchestration.ray_cluster import init_ray
-    from orchestration.report import write_report
-    from orchestration.report_text import benchmark_text
-    from orchestration.tracking import client_for
-    from search_spaces import TASKS, SpaceError
+    from orchestration.results.report import write_report
+    from orchestration.results.report_text import benchmark_text
+    from orchestration.results.tracking import client_for
+    from search_spaces import SpaceError
     from search_spaces.benchmarks import load_benchmark
 
     with user_errors(SpaceError):
@@ -404,8 +532,8 @@ def report(
     ] = None,
 ) -> None:
     """Write a self-contained HTML report (leaderboard, curves, ROC, overlays) from MLflow."""
-    from orchestration.report import write_report
-    from orchestration.tracking import client_for
+    from orchestration.results.report import write_report
+    from orchestration.results.tracking import client_for
 
     with user_errors():
         path = write_report(client_for(ctx.obj.tracking_uri), experiment, out, ctx.obj.home)
@@ -422,7 +550,7 @@ def models(
 ) -> None:
     """List the architecture registry: task, library, parameters, unfreeze choices."""
     from models import models_table
-    from orchestration.report_text import models_text
+    from orchestration.results.report_text import models_text
 
     rows = models_table(input_size)
     typer.echo(json.dumps(rows) if as_json else models_text(rows))

@@ -1,6 +1,6 @@
 """Where mammobench keeps its local state, and which Ray cluster and MLflow store it talks to.
 
-Resolved once by the CLI from options and environment: nothing is read at import time.
+Resolved once by the CLI from options and environment: nothing is read or set at import time.
 """
 
 from __future__ import annotations
@@ -8,6 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# Environment defaults every verb runs with (a user's own value wins)
+OFFLINE_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # hospital clusters are offline
+
+
+def set_offline_environment() -> None:
+    """Apply ``OFFLINE_ENVIRONMENT``; call before MLflow is imported (it reads it on import)."""
+    for key, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
 
 
 def default_home() -> Path:

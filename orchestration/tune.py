@@ -8,32 +8,41 @@ Each trial runs ``train_driver_fn``, which builds the ``TorchTrainer`` of ``mamm
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models import ModelSpec, WeightsNotFoundError, build_model, model_info, weights_available
-from orchestration.settings import Settings
-from orchestration.tracking import (
+from models import ModelSpec, WeightsNotFoundError, model_info, weights_available
+from orchestration.results import plots
+from orchestration.results.tracking import (
+    MODEL_TAG,
+    SKIPPED_PRETRAINED_TAG,
+    TASK_TAG,
+    Artifact,
     SweepRun,
     TrialTracker,
     client_for,
     experiment_id,
     provenance_tags,
 )
-from orchestration.train_config import TASK_METRIC, TrainConfig, read_manifest
-from orchestration.train_driver import (
+from orchestration.settings import Settings
+from orchestration.sweep_config import SweepConfig
+from orchestration.train.config import TASK_METRIC, TrainConfig, read_manifest
+from orchestration.train.driver import (
     check_job,
     evaluate_checkpoint,
+    load_best_model,
     open_checkpoint,
     trainer_for,
 )
-from orchestration.train_worker import BEST_FILE
+from orchestration.train.worker import BEST_FILE, BEST_VAL_FILE
 from search_spaces import Space, SpaceError, default_space, load_space
 
 # A trial's driver only waits on its Train run: it reserves memory, not a CPU, so a trial needs
@@ -45,57 +54,6 @@ _REGISTRY_LOCK = threading.Lock()  # see ``_register_trainable``
 
 class ClusterTooSmall(RuntimeError):
     """The cluster cannot run one trial without starving its data pipeline."""
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """One sweep: the architecture, its space and how trials are scheduled."""
-
-    model: str
-    data: str
-    task: str = "classification"
-    space: str | None = None
-    samples: int = 1
-    max_epochs: int = 10
-    scheduler: str = "asha"
-    search: str = "random"
-    workers: int = 1
-    gpus_per_trial: float = 0.0
-    name: str | None = None
-    resume: bool = False
-    grace_epochs: int = 1
-    max_failures: int = 1
-    seed: int = 0
-    experiment: str | None = None
-    parent_run: str | None = None
-    max_concurrent: int | None = None  # autoscaling clusters: set it, nodes are not up yet
-    train: dict[str, Any] = field(default_factory=dict)
-    fixed: dict[str, Any] = field(default_factory=dict)  # space settings pinned to one value
-    tags: dict[str, str] = field(default_factory=dict)  # extra tags of the sweep's parent run
-
-    def __post_init__(self) -> None:
-        if self.scheduler not in ("asha", "fifo"):
-            raise ValueError(f"scheduler must be asha or fifo, got {self.scheduler!r}")
-        if self.search not in ("random", "optuna"):
-            raise ValueError(f"search must be random or optuna, got {self.search!r}")
-        if self.samples < 1 or self.max_epochs < 1:
-            raise ValueError("samples and max_epochs must be at least 1")
-
-    def base(self) -> TrainConfig:
-        """The training job every trial starts from (sampled settings override it)."""
-        gpus = self.gpus_per_trial / self.workers
-        # ASHA stops trials (no early stop); a lost Train worker restarts from its checkpoint
-        train = {"patience": self.max_epochs, "max_failures": self.max_failures, **self.train}
-        return TrainConfig(
-            model=self.model,
-            data=str(Path(self.data).resolve()),
-            task=self.task,
-            epochs=self.max_epochs,
-            workers=self.workers,
-            gpus_per_worker=gpus,
-            seed=self.seed,
-            **train,
-        ).with_manifest()
 
 
 def max_concurrent_trials(
@@ -287,9 +245,8 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
         tags=_tags(base, skipped) | sweep.tags,
     )
     parent.log_space(space.to_dict(), {"sweep": _settings(sweep)})
-    tracker = TrialTracker(
-        settings.tracking_uri, exp_id, parent.run_id, base.to_dict(), settings.storage
-    )
+    artifacts = functools.partial(trial_artifacts, storage=settings.storage)
+    tracker = TrialTracker(settings.tracking_uri, exp_id, parent.run_id, base.to_dict(), artifacts)
     results = _tuner(sweep, space, name, settings.storage, tracker, base).fit()
     summary = _summary(results, base, name, experiment, parent.run_id, skipped)
     summary["usage"] = _usage(summary["trials"], sweep.gpus_per_trial)
@@ -303,18 +260,26 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
             "name": f"mammobench-{base.model}-{base.task}",
             "version": version,
         }
-    parent.finish(summary, base.metric, "FINISHED" if summary["best"] else "FAILED")
+    rows, histories = parent.trial_curves(base.metric)
+    figures = plots.sweep_figures(rows, histories, base.metric) if histories else {}
+    parent.finish(summary, "FINISHED" if summary["best"] else "FAILED", figures)
     return summary
+
+
+def trial_artifacts(cfg: TrainConfig, checkpoint_path: str, storage: str) -> Iterator[Artifact]:
+    """A finished trial's best model and the figures of its validation predictions."""
+    with open_checkpoint(checkpoint_path, storage).as_directory() as folder:
+        yield "checkpoint", Path(folder) / BEST_FILE
+        record = torch.load(Path(folder) / BEST_VAL_FILE, weights_only=True)
+    for name, figure in plots.validation_figures(cfg.task, record or {}):
+        yield f"plots/{name}", figure
 
 
 def _tags(base: TrainConfig, skipped: str | None) -> dict[str, str]:
     fingerprint = str(read_manifest(base.data, base.task).get("fingerprint", ""))
-    tags = provenance_tags(fingerprint) | {
-        "mammobench.model": base.model,
-        "mammobench.task": base.task,
-    }
+    tags = provenance_tags(fingerprint) | {MODEL_TAG: base.model, TASK_TAG: base.task}
     if skipped:
-        tags["mammobench.skipped_pretrained"] = skipped
+        tags[SKIPPED_PRETRAINED_TAG] = skipped
     return tags
 
 
@@ -338,32 +303,16 @@ def _settings(sweep: SweepConfig) -> dict[str, Any]:
 def _summary(
     results, base: TrainConfig, name: str, experiment: str, parent: str, skipped: str | None
 ) -> dict[str, Any]:
-    trials, best = [], None
     best_key = f"best_{base.metric}"
-    for result in results:
-        metrics = result.metrics or {}
-        row = {
-            "trial_id": metrics.get("trial_id"),
-            "config": result.config,
-            "status": "ERROR" if result.error else "TERMINATED",
-            "stopped_early": bool(metrics) and not metrics.get("completed", False),
-            "epochs": metrics.get("epoch"),
-            best_key: metrics.get(best_key),
-            "checkpoint_path": metrics.get("checkpoint_path"),
-            "time_total_s": metrics.get("time_total_s"),
-        }
-        trials.append(row)
-        value = row[best_key]
-        usable = value is not None and math.isfinite(value) and row["checkpoint_path"]
-        if usable and (best is None or value > best[best_key]):
-            best = row
+    trials = [_trial_row(result, best_key) for result in results]
+    best = _best_trial(results, best_key)
     best_out = None
     if best:
         best_out = {
-            "trial_id": best["trial_id"],
-            "params": best["config"],
-            "val": {TASK_METRIC[base.task]: best[best_key]},
-            "checkpoint": best["checkpoint_path"],
+            "trial_id": best.metrics["trial_id"],
+            "params": best.config,
+            "val": {TASK_METRIC[base.task]: best.metrics[best_key]},
+            "checkpoint": best.metrics["checkpoint_path"],
         }
     return {
         "sweep": name,
@@ -375,6 +324,33 @@ def _summary(
     }
 
 
+def _trial_row(result, best_key: str) -> dict[str, Any]:
+    metrics = result.metrics or {}
+    return {
+        "trial_id": metrics.get("trial_id"),
+        "config": result.config,
+        "status": "ERROR" if result.error else "TERMINATED",
+        "stopped_early": bool(metrics) and not metrics.get("completed", False),
+        "epochs": metrics.get("epoch"),
+        best_key: metrics.get(best_key),
+        "checkpoint_path": metrics.get("checkpoint_path"),
+        "time_total_s": metrics.get("time_total_s"),
+    }
+
+
+def _best_trial(results, best_key: str):
+    """The trial with the highest finite ``best_key``, or None when no trial reported one with a
+    checkpoint (Tune returns a lone trial whatever its metric: checked here)."""
+    try:
+        best = results.get_best_result(best_key, "max", filter_nan_and_inf=True)
+    except RuntimeError:  # no trial reported the metric
+        return None
+    metrics = best.metrics or {}
+    value = metrics.get(best_key)
+    usable = value is not None and math.isfinite(value) and metrics.get("checkpoint_path")
+    return best if usable else None
+
+
 def _usage(trials: list[dict[str, Any]], gpus_per_trial: float) -> dict[str, float]:
     """Trial wall-clock hours, and GPU-hours (each trial held ``gpus_per_trial`` GPUs)."""
     hours = sum(t.get("time_total_s") or 0.0 for t in trials) / 3600
@@ -382,14 +358,11 @@ def _usage(trials: list[dict[str, Any]], gpus_per_trial: float) -> dict[str, flo
 
 
 def _test_best(best: dict[str, Any], base: TrainConfig, storage: str) -> dict[str, Any]:
-    cfg = TrainConfig.for_trial(base.to_dict(), best["params"])
+    cfg = base.with_params(best["params"])
     return evaluate_checkpoint(cfg, open_checkpoint(best["checkpoint"], storage))
 
 
 def _best_model(best: dict[str, Any], base: TrainConfig, storage: str) -> torch.nn.Module:
-    cfg = TrainConfig.for_trial(base.to_dict(), best["params"])
-    spec = cfg.model_spec()
-    model = build_model(type(spec).from_dict(spec.to_dict() | {"pretrained": False}))
+    cfg = base.with_params(best["params"])
     with open_checkpoint(best["checkpoint"], storage).as_directory() as folder:
-        model.load_state_dict(torch.load(Path(folder) / BEST_FILE, weights_only=True))
-    return model.eval()
+        return load_best_model(cfg, folder)

@@ -24,8 +24,9 @@ from typing import Any
 
 import yaml
 
+from data_pipeline import TASKS
+
 SPACES_DIR = Path(__file__).resolve().parent
-TASKS = ("classification", "segmentation", "detection")
 KINDS = ("grid", "choice", "uniform", "loguniform", "value")
 TUNABLE = {
     "pretrained": bool,
@@ -38,7 +39,7 @@ TUNABLE = {
     "schedule": str,
     "balance": str,
 }
-# The values training accepts (``orchestration.train_config``); numbers within their limits.
+# The values training accepts (``orchestration.train.config``); numbers within their limits.
 CHOICES = {
     "optimizer": ("adam", "adamw"),
     "schedule": ("cosine", "plateau", "none"),

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
+from data_pipeline import TASKS
 from search_spaces import (
     SPACES_DIR,
-    TASKS,
     TUNABLE,
     SpaceError,
     _check_value,
@@ -66,7 +66,7 @@ SWEEP_KEYS = {
     "train": dict,
 }
 RUN_KEYS = {"model": str, "task": str, "settings": list, **SWEEP_KEYS}
-TRAIN_KEYS = {  # training options beside the tunable ones (``orchestration.train_config``)
+TRAIN_KEYS = {  # training options beside the tunable ones (``orchestration.train.config``)
     "patience": int,
     "bootstrap": int,
     "augment": bool,

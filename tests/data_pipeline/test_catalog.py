@@ -13,7 +13,7 @@ import pytest
 
 from data_pipeline.case_csv import clean_category, read_case_csv
 from data_pipeline.catalog import build_catalog
-from data_pipeline.synth import SynthConfig, make_synthetic
+from data_pipeline.synth import SynthConfig, make_synthetic, write_dicom
 from tests.conftest import REAL_CSV_DIR
 
 
@@ -116,10 +116,14 @@ def test_path_traversal_rows_are_rejected_not_opened(tmp_path: Path) -> None:
     secret.parent.mkdir(parents=True)
     secret.write_bytes(b"not for you")
     src = REAL_CSV_DIR / "mass_case_description_test_set.csv"
-    _rewrite_rows(src, data / src.name, {
-        0: {"image file path": "../outside/x/y/000000.dcm"},
-        5: {"ROI mask file path": "/etc/passwd"},
-    })  # fmt: skip
+    _rewrite_rows(
+        src,
+        data / src.name,
+        {
+            0: {"image file path": "../outside/x/y/000000.dcm"},
+            5: {"ROI mask file path": "/etc/passwd"},
+        },
+    )
     catalog = build_catalog(data)
     summary = catalog.summary()
     assert summary["rejected_rows"] == 2
@@ -165,22 +169,6 @@ def test_synthetic_splits_exclude_cross_type_test_patients(synthetic_data: Path)
         assert image.pathology == expected
 
 
-def _write(path: Path, pixels: np.ndarray, like: pydicom.Dataset) -> None:
-    ds = pydicom.Dataset()
-    ds.file_meta = like.file_meta.__class__()
-    ds.file_meta.MediaStorageSOPClassUID = like.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = like.SOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_mask_and_crop_told_apart_by_content_on_a_real_dicom(
     tmp_path: Path, reference_dicoms: Path
 ) -> None:
@@ -188,8 +176,11 @@ def test_mask_and_crop_told_apart_by_content_on_a_real_dicom(
     real = reference_dicoms / "downsampled4x" / "Mass-Test_P_00173_LEFT_CC_ds4_EVRLE.dcm"
     src = REAL_CSV_DIR / "mass_case_description_test_set.csv"
     with open(src, newline="") as handle:
-        row = next(r for r in csv.DictReader(handle) if r["image file path"].startswith(
-            "Mass-Test_P_00173_LEFT_CC/"))  # fmt: skip
+        row = next(
+            r
+            for r in csv.DictReader(handle)
+            if r["image file path"].startswith("Mass-Test_P_00173_LEFT_CC/")
+        )
     image_path = tmp_path / row["image file path"].strip()
     image_path.parent.mkdir(parents=True)
     shutil.copy(real, image_path)
@@ -199,8 +190,9 @@ def test_mask_and_crop_told_apart_by_content_on_a_real_dicom(
     mask[400:500, 200:300] = 255
     crop_csv, roi_csv = row["cropped image file path"].strip(), row["ROI mask file path"].strip()
     assert Path(crop_csv).parent == Path(roi_csv).parent
-    _write(tmp_path / crop_csv, mask, ds)  # swapped: the "crop" file holds the mask
-    _write(tmp_path / roi_csv, np.ascontiguousarray(pixels[400:500, 200:300]), ds)
+    # swapped: the "crop" file holds the mask
+    write_dicom(tmp_path / crop_csv, mask, sop_class=ds.SOPClassUID)
+    write_dicom(tmp_path / roi_csv, pixels[400:500, 200:300], sop_class=ds.SOPClassUID)
     with open(tmp_path / src.name, "w", newline="") as handle:
         writer = csv.DictWriter(handle, list(row))
         writer.writeheader()

@@ -12,19 +12,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_voi_lut
 from pydicom.uid import (
     UID,
-    ExplicitVRLittleEndian,
     HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
+from data_pipeline import synth
 from data_pipeline.dicom import DicomError, align_mask, classify_roi, read_header, read_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,37 +44,14 @@ HEADER_KEYS = {
 }
 
 
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    syntax: UID = ExplicitVRLittleEndian,
-    bits_stored: int | None = None,
-    photometric: str = "MONOCHROME2",
-    **elements: object,
-) -> Path:
-    """A minimal Secondary Capture file; ``elements`` override or add header elements."""
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = syntax
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        SecondaryCaptureImageStorage,
-        meta.MediaStorageSOPInstanceUID,
+SUBJECT = "Mass-Test_P_99999_LEFT_CC"
+
+
+def write_dicom(path: Path, pixels: np.ndarray, **options: object) -> Path:
+    """The package's writer, with a CBIS-DDSM subject as name and ID (PHI the reader must drop)."""
+    return synth.write_dicom(
+        path, pixels, **{"PatientName": SUBJECT, "PatientID": SUBJECT} | options
     )
-    ds.PatientName, ds.PatientID = "Mass-Test_P_99999_LEFT_CC", "Mass-Test_P_99999_LEFT_CC"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, int(pixels.dtype.kind == "i")
-    ds.PixelData = pixels.tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def write_encapsulated(path: Path, syntax: UID) -> Path:
@@ -102,8 +76,14 @@ def reason_of(path: Path) -> str:
 # --- real CBIS-DDSM files -------------------------------------------------------------------
 
 
-def test_reference_files_are_present():
-    assert len(DOWNSAMPLED) == 8 and len(HEADERS) == 8 and NATIVE_CROP.is_file()
+def test_every_reference_file_reads_as_a_single_frame_mammogram():
+    """The shared reference set is what the real-pixel tests rely on: 8 downsampled images,
+    8 header-only files and a native crop, each read by the product's header reader."""
+    assert len(DOWNSAMPLED) == 8 and len(HEADERS) == 8
+    for path in [*DOWNSAMPLED, *HEADERS, NATIVE_CROP]:
+        header = read_header(path)
+        assert header["rows"] > 0 and header["columns"] > 0, path.name
+        assert header["photometric"].startswith("MONOCHROME"), path.name
 
 
 @pytest.mark.parametrize("path", DOWNSAMPLED, ids=lambda p: p.name)

@@ -85,9 +85,15 @@ def test_downscale_long_side_keeps_aspect():
     assert out.shape == (614, 1024) and scale == pytest.approx(1024 / 5000)
 
 
-def test_transforms_are_deterministic():
-    img = mammogram((1000, 700))
-    assert np.array_equal(whole_image(img, 256), whole_image(img.copy(), 256))
+def test_outputs_of_one_image_leave_it_unchanged():
+    """prepare makes every output of an image from one decoded array: none may write into it."""
+    img, mask = mammogram((1000, 700)), box_mask((1000, 700), (300, 200, 500, 400))
+    img_before, mask_before = img.copy(), mask.copy()
+    whole_image(img, 256)
+    lesion_crop(img, mask, 64)
+    tumour_crop(img, mask, 64)
+    detection_image(img, [mask], 128)
+    assert np.array_equal(img, img_before) and np.array_equal(mask, mask_before)
 
 
 def test_whole_image_is_uint8_at_size():
@@ -105,8 +111,12 @@ def test_bbox_from_mask_is_tight_with_exclusive_max():
     assert bbox_from_mask(np.zeros((5, 5), np.uint8)) is None
 
 
-@given(arrays(st.sampled_from([np.uint8, np.uint16, np.int16, np.bool_]),
-              array_shapes(min_dims=2, max_dims=2, max_side=40)))  # fmt: skip
+@given(
+    arrays(
+        st.sampled_from([np.uint8, np.uint16, np.int16, np.bool_]),
+        array_shapes(min_dims=2, max_dims=2, max_side=40),
+    )
+)
 def test_bbox_from_mask_agrees_with_opencv(mask):
     x, y, w, h = cv2.boundingRect((mask != 0).astype(np.uint8))
     assert bbox_from_mask(mask) == ((x, y, x + w, y + h) if w else None)

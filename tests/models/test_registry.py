@@ -1,6 +1,5 @@
 """Registry: names, errors, listings and the package's import boundary."""
 
-import ast
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import models
 from models import UnknownModelError, available_models, build_model, model_info, models_table
 from models.freezing import trainable_params
+from tests.imports import imported_modules, violations
 
 EXPECTED = {
     "classification": [
@@ -46,8 +46,16 @@ def test_unknown_name_lists_the_choices() -> None:
 def test_models_table_rows_are_json() -> None:
     rows = json.loads(json.dumps(models_table()))
     assert [row["name"] for row in rows] == available_models()
-    keys = {"name", "task", "library", "input_size", "params", "unfreeze_choices",
-            "study_unfreeze", "weights_file"}  # fmt: skip
+    keys = {
+        "name",
+        "task",
+        "library",
+        "input_size",
+        "params",
+        "unfreeze_choices",
+        "study_unfreeze",
+        "weights_file",
+    }
     for row in rows:
         assert set(row) == keys and row["weights_file"].endswith(".pth")
         assert row["params"] > 1_000_000
@@ -80,15 +88,13 @@ def test_build_model_accepts_a_plain_dict() -> None:
 
 
 def test_package_never_imports_tracking_or_ray_training() -> None:
-    forbidden = ("mlflow", "ray.tune", "ray.train")
-    package = Path(models.__file__).parent
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                assert not name.startswith(forbidden), f"{path.name} imports {name}"
+    forbidden = ("mlflow", "ray.tune", "ray.train", "orchestration", "search_spaces")
+    assert violations(Path(models.__file__).parent, forbidden) == []
+
+
+def test_package_takes_only_the_vocabulary_from_data_pipeline() -> None:
+    """``data_pipeline``'s names (tasks, splits), never its decoding code."""
+    found = imported_modules(Path(models.__file__).parent)
+    assert {n for names in found.values() for n in names if n.startswith("data_pipeline")} <= {
+        "data_pipeline"
+    }

@@ -31,9 +31,14 @@ def test_safetensors_files_are_read(tmp_path, scratch, spec_for, part_of) -> Non
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
 
 
-def test_weights_dir_comes_from_the_environment(monkeypatch, weights_dir, spec_for) -> None:
+def test_weights_dir_comes_from_the_environment(
+    monkeypatch, weights_dir, saved_state, spec_for, part_of
+) -> None:
     monkeypatch.setenv("MAMMOBENCH_WEIGHTS_DIR", str(weights_dir("mobilenetv2")))
-    build_model(spec_for("mobilenetv2", pretrained=True))  # no error: the env dir is used
+    model = build_model(spec_for("mobilenetv2", pretrained=True))
+    saved = saved_state("mobilenetv2")
+    for key, tensor in part_of(model, "mobilenetv2").state_dict().items():
+        assert torch.equal(tensor, saved[key]), key  # the file in the env's folder was loaded
 
 
 @pytest.mark.parametrize(
@@ -51,10 +56,16 @@ def test_one_channel_pretrained_sums_the_rgb_kernels(
 
 @pytest.mark.parametrize("name", ["mobilenetv2", "unet", "fasterrcnn_mobilenet"])
 def test_missing_weights_name_the_file_and_the_fix(name, tmp_path, monkeypatch, spec_for) -> None:
+    # timm and smp go to the Hugging Face hub, offline here (HF_HUB_OFFLINE=1); torchvision's
+    # download.pytorch.org is reachable from some machines, so the detector's download is cut
+    tried = []
+
     def offline(config):
+        tried.append(config)
         raise OSError("download.pytorch.org unreachable")
 
-    monkeypatch.setattr(detectors_module, "hub_state_dict", offline)
+    if name == "fasterrcnn_mobilenet":
+        monkeypatch.setattr(detectors_module, "hub_state_dict", offline)
     spec = spec_for(name, pretrained=True, weights_dir=str(tmp_path))
     stem = REGISTRY[name].weights_source(spec).stem
     with pytest.raises(WeightsNotFoundError) as err:
@@ -63,6 +74,7 @@ def test_missing_weights_name_the_file_and_the_fix(name, tmp_path, monkeypatch, 
     assert f"'{name}'" in message
     assert str(tmp_path / f"{stem}.pth") in message
     assert "MAMMOBENCH_WEIGHTS_DIR" in message and "torch.save(" in message
+    assert len(tried) == (name == "fasterrcnn_mobilenet")  # the download was tried, and failed
 
 
 def test_missing_weights_without_a_weights_dir(spec_for) -> None:

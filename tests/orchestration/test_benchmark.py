@@ -16,11 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from models import build_model, trainable_params
-from orchestration import tracking
 from orchestration.benchmark import BenchmarkJob, run_benchmark
-from orchestration.leaderboard import COLUMNS, markdown
+from orchestration.results import tracking
+from orchestration.results.leaderboard import COLUMNS, markdown
 from orchestration.settings import Settings
-from orchestration.train_config import TrainConfig
+from orchestration.train.config import TrainConfig
 from search_spaces import SpaceError
 from search_spaces.benchmarks import available_benchmarks, load_benchmark
 from tests.orchestration.test_train import last_json
@@ -52,14 +52,24 @@ def _children(client: MlflowClient, run) -> list:
     return client.search_runs([run.info.experiment_id], f"tags.`{PARENT}` = '{run.info.run_id}'")
 
 
+@pytest.mark.slow  # a kill and a resume: minutes
 def test_killed_benchmark_resumes_without_rerunning_finished_sweeps(
     prepared_small: Path, tmp_path: Path, ray_local: str
 ) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     env = {**os.environ, "RAY_ADDRESS": ray_local, "MAMMOBENCH_HOME": str(tmp_path)}
-    cmd = [str(Path(sys.executable).parent / "mammobench"), "benchmark", "--config", str(config),
-           "--data", str(prepared_small), "--name", "b1", "--json"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "mammobench"),
+        "benchmark",
+        "--config",
+        str(config),
+        "--data",
+        str(prepared_small),
+        "--name",
+        "b1",
+        "--json",
+    ]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.search_experiments(max_results=1)  # the schema exists before two processes poll it
     log = tmp_path / "first-attempt.log"
@@ -118,10 +128,16 @@ def _check_hierarchy(client: MlflowClient, top: str, sweeps: dict, data: Path) -
 def _check_leaderboard(result: dict, folder: Path) -> None:
     with (folder / "leaderboard.csv").open() as handle:
         rows = {(r["model"], r["setting"]): r for r in csv.DictReader(handle)}
-    assert set(rows) == {("mobilenetv2", "scratch"), ("mobilenetv2", "pretrained"),
-                         ("unet", "scratch")}  # fmt: skip
-    cls, skipped, seg = rows["mobilenetv2", "scratch"], rows["mobilenetv2", "pretrained"], rows[
-        "unet", "scratch"]  # fmt: skip
+    assert set(rows) == {
+        ("mobilenetv2", "scratch"),
+        ("mobilenetv2", "pretrained"),
+        ("unet", "scratch"),
+    }
+    cls, skipped, seg = (
+        rows["mobilenetv2", "scratch"],
+        rows["mobilenetv2", "pretrained"],
+        rows["unet", "scratch"],
+    )
     assert cls["status"] == "done" and cls["published"] == "0.5105"  # the study's scratch figure
     low, test, high = (float(cls[k]) for k in ("test_ci_low", "test", "test_ci_high"))
     assert 0 <= low <= test <= high <= 1 and 0 <= float(cls["auc"]) <= 1
@@ -155,17 +171,26 @@ def test_shipped_benchmarks_load(name: str) -> None:
     [
         ("runs: []\n", "runs: must be a non-empty list"),
         ("runs:\n  - {model: vgg16}\n", r"runs\[0\]: needs model and task"),
-        ("runs:\n  - {model: vgg16, task: classification, settings: [imagenet]}\n",
-         r"runs\[0\]\.settings: \['imagenet'\]"),
+        (
+            "runs:\n  - {model: vgg16, task: classification, settings: [imagenet]}\n",
+            r"runs\[0\]\.settings: \['imagenet'\]",
+        ),
         ("runs:\n  - {model: vgg16, task: classification, epochs: 3}\n", r"\['epochs'\]: unknown"),
-        ("defaults: {fix: {lr: fast}}\nruns:\n  - {model: vgg16, task: classification}\n",
-         r"defaults\.fix\.lr: 'fast'"),
-        ("prepare: {val_fraction: most}\nruns:\n  - {model: vgg16, task: classification}\n",
-         r"prepare\.val_fraction: 'most' is not a valid val_fraction"),
-        ("runs:\n  - {model: vgg16, task: classification}\n"
-         "  - {model: vgg16, task: classification, settings: [scratch]}\n", "more than once"),
+        (
+            "defaults: {fix: {lr: fast}}\nruns:\n  - {model: vgg16, task: classification}\n",
+            r"defaults\.fix\.lr: 'fast'",
+        ),
+        (
+            "prepare: {val_fraction: most}\nruns:\n  - {model: vgg16, task: classification}\n",
+            r"prepare\.val_fraction: 'most' is not a valid val_fraction",
+        ),
+        (
+            "runs:\n  - {model: vgg16, task: classification}\n"
+            "  - {model: vgg16, task: classification, settings: [scratch]}\n",
+            "more than once",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_benchmark_files_name_file_and_key(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "bench.yaml"
     path.write_text(body)
@@ -184,9 +209,16 @@ def test_unknown_or_unreadable_benchmark_names_the_problem(tmp_path: Path) -> No
 
 
 def test_markdown_lists_skipped_rows_with_their_reason() -> None:
-    row = dict.fromkeys(COLUMNS) | {"model": "vgg16", "task": "classification",
-           "setting": "pretrained", "status": "skipped", "metric": "accuracy",
-           "published": 0.7739, "note": "no weights file vgg16.pth in /w", "published_other": ""}  # fmt: skip
+    row = dict.fromkeys(COLUMNS) | {
+        "model": "vgg16",
+        "task": "classification",
+        "setting": "pretrained",
+        "status": "skipped",
+        "metric": "accuracy",
+        "published": 0.7739,
+        "note": "no weights file vgg16.pth in /w",
+        "published_other": "",
+    }
     text = markdown([row])
     assert "| vgg16 | classification | pretrained | 77.39% | skipped |" in text
     assert "**vgg16 (pretrained)** skipped: no weights file vgg16.pth in /w" in text
@@ -200,8 +232,12 @@ def test_a_failed_sweep_is_recorded_with_its_traceback_and_the_benchmark_goes_on
     prepared = tmp_path / "prepared"  # shards of another task only
     prepared.mkdir()
     (prepared / "manifest.json").write_text(json.dumps({"tasks": {"segmentation": {}}}))
-    settings = Settings(home=tmp_path, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        storage=str(tmp_path / "ray"), address=None)  # fmt: skip
+    settings = Settings(
+        home=tmp_path,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage=str(tmp_path / "ray"),
+        address=None,
+    )
     lines: list[str] = []
     out = run_benchmark(BenchmarkJob(load_benchmark(bench), data=prepared), settings, lines.append)
     assert out["failed"] == ["mobilenetv2-scratch"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from orchestration.metrics import (
+from orchestration.train.metrics import (
     bootstrap_ci,
     classification_cis,
     classification_metrics,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from orchestration.tracking import SweepRun, client_for, experiment_id
+from orchestration.results.tracking import SweepRun, client_for, experiment_id
 
 
 def test_registering_the_best_model_leaves_the_sweep_running_until_finish(tmp_path: Path) -> None:
@@ -16,6 +16,6 @@ def test_registering_the_best_model_leaves_the_sweep_running_until_finish(tmp_pa
     run.register_model("tiny", torch.nn.Linear(2, 2), {"auc": 0.7})
     # a kill here must not leave a "finished" sweep without its test metrics
     assert client.get_run(run.run_id).info.status == "RUNNING"
-    run.finish({"best": {"test": {"auc": 0.7}}}, "auc")
+    run.finish({"best": {"test": {"auc": 0.7}}})
     finished = client.get_run(run.run_id)
     assert finished.info.status == "FINISHED" and finished.data.metrics["test_auc"] == 0.7

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from orchestration.train_config import TrainConfig
-from orchestration.train_driver import run_training
+from orchestration.train.config import TrainConfig
+from orchestration.train.driver import run_training
 
 runner = CliRunner()
 
@@ -52,8 +52,15 @@ def test_small_classifier_beats_chance_on_held_out_patients(
 
 
 def test_segmentation_trains_and_reports_dice(prepared_small: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(model="unet", data=str(prepared_small), task="segmentation", epochs=2,
-                      batch_size=8, encoder="resnet18", bootstrap=100)  # fmt: skip
+    cfg = TrainConfig(
+        model="unet",
+        data=str(prepared_small),
+        task="segmentation",
+        epochs=2,
+        batch_size=8,
+        encoder="resnet18",
+        bootstrap=100,
+    )
     result = run_training(cfg, str(tmp_path))
     test = result["test"]
     for key in ("dice", "iou", "pixel_accuracy"):
@@ -63,8 +70,13 @@ def test_segmentation_trains_and_reports_dice(prepared_small: Path, tmp_path: Pa
 
 
 def test_detection_trains_and_reports_map_and_froc(prepared_small: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(model="fasterrcnn_mobilenet", data=str(prepared_small), task="detection",
-                      epochs=1, batch_size=4)  # fmt: skip
+    cfg = TrainConfig(
+        model="fasterrcnn_mobilenet",
+        data=str(prepared_small),
+        task="detection",
+        epochs=1,
+        batch_size=4,
+    )
     test = run_training(cfg, str(tmp_path))["test"]
     assert 0.0 <= test["map50"] <= 1.0
     keys = [f"sens@{rate}fp" for rate in ("0.5", "1", "2", "4")]
@@ -77,8 +89,14 @@ def test_two_workers_run_ddp_and_end_with_identical_weights(
     prepared_small: Path, tmp_path: Path
 ) -> None:
     # 12 validation rows in batches of 5: the ranks predict 2 and 1 batches, and none is dropped
-    cfg = TrainConfig(model="mobilenetv2", data=str(prepared_small), epochs=2, batch_size=5,
-                      workers=2, bootstrap=100)  # fmt: skip
+    cfg = TrainConfig(
+        model="mobilenetv2",
+        data=str(prepared_small),
+        epochs=2,
+        batch_size=5,
+        workers=2,
+        bootstrap=100,
+    )
     result = run_training(cfg, str(tmp_path))
     assert len(result["param_checksums"]) == 2
     assert result["ranks_in_sync"] is True
@@ -87,13 +105,25 @@ def test_two_workers_run_ddp_and_end_with_identical_weights(
     assert result["val"]["n"] == manifest["tasks"]["classification"]["splits"]["val"]
 
 
+@pytest.mark.slow  # a kill and a resume: minutes
 def test_killed_job_resumes_from_its_checkpoint(
     prepared_small: Path, tmp_path: Path, ray_local: str
 ) -> None:
     env = {**os.environ, "RAY_ADDRESS": ray_local, "MAMMOBENCH_HOME": str(tmp_path)}
-    cmd = [str(Path(sys.executable).parent / "mammobench"), "train", "mobilenetv2",
-           "--data", str(prepared_small), "--epochs", "6", "--batch-size", "16",
-           "--patience", "10", "--json"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "mammobench"),
+        "train",
+        "mobilenetv2",
+        "--data",
+        str(prepared_small),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "16",
+        "--patience",
+        "10",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not _checkpointed(tmp_path):

@@ -12,9 +12,9 @@ from data_pipeline.augment import decode_batch, oversample, study_augmentation
 from data_pipeline.dicom import read_image
 from data_pipeline.transforms import detection_image, encode_png
 from models import ModelSpec, build_model
-from orchestration.train_config import TrainConfig
-from orchestration.train_data import balancing_copies, build_datasets, epoch_batches
-from orchestration.train_tasks import collate, make_task
+from orchestration.train.config import TrainConfig
+from orchestration.train.data import balancing_copies, build_datasets, epoch_batches
+from orchestration.train.tasks import collate, make_task
 from tests.conftest import REFERENCE
 
 # The real training split of CBIS-DDSM's lesions (mass + calc train CSVs, by pathology).

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from orchestration.train_config import TrainConfig
+from orchestration.train.config import TrainConfig
 from orchestration.tune import ClusterTooSmall, _register_trainable, max_concurrent_trials
 from tests.orchestration.test_train import last_json
 
@@ -36,9 +36,24 @@ def test_two_cpu_local_cluster_runs_a_sweep_without_hanging(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"MAMMOBENCH_NUM_CPUS": "2", "MAMMOBENCH_HOME": str(tmp_path)}
-    cmd = [str(Path(sys.executable).parent / "mammobench"), "tune", "mobilenetv2", "--data",
-           str(prepared_small), "--space", str(_space(tmp_path)), "--max-epochs", "1",
-           "--samples", "1", "--batch-size", "16", "--name", "two-cpus", "--json"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "mammobench"),
+        "tune",
+        "mobilenetv2",
+        "--data",
+        str(prepared_small),
+        "--space",
+        str(_space(tmp_path)),
+        "--max-epochs",
+        "1",
+        "--samples",
+        "1",
+        "--batch-size",
+        "16",
+        "--name",
+        "two-cpus",
+        "--json",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = last_json(done.stdout)
@@ -59,8 +74,9 @@ def test_concurrency_follows_the_cluster() -> None:
 def test_bad_space_file_fails_naming_file_and_key(prepared_small: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: classification\nparams:\n  lr: {loguniform: [0.1, 0.001]}\n")
-    result = runner.invoke(app, ["tune", "mobilenetv2", "--data", str(prepared_small),
-                                 "--space", str(bad)])  # fmt: skip
+    result = runner.invoke(
+        app, ["tune", "mobilenetv2", "--data", str(prepared_small), "--space", str(bad)]
+    )
     assert result.exit_code == 2
     assert f"{bad}: params.lr: loguniform needs" in result.output
 

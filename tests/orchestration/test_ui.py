@@ -33,9 +33,13 @@ def test_ui_answers_on_loopback_and_refuses_foreign_host(tmp_path: Path) -> None
     env = {**os.environ, "MAMMOBENCH_HOME": str(tmp_path)}
     exe = Path(sys.executable).parent / "mammobench"
     proc = subprocess.Popen(
-        [exe, "ui", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [exe, "ui", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
         deadline, status = time.monotonic() + 60, None

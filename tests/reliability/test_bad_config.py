@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from data_pipeline.prepare_plan import PrepareConfig
 from models import available_models
 from orchestration.cli import app
-from orchestration.train_config import TrainConfig
+from orchestration.train.config import TrainConfig
 from orchestration.tune import SweepConfig
 from search_spaces import CHOICES as SPACE_CHOICES
 from search_spaces import TASKS, SpaceError, benchmarks, load_space

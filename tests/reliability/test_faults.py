@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestration.settings import Settings
@@ -63,6 +64,7 @@ def _kill_train_worker(storage: Path, killed: list[int], deadline: float) -> Non
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # a kill and a resume: minutes
 def test_killed_train_worker_resumes_from_its_checkpoint(
     prepared_small: Path, tmp_path: Path, ray_local: str
 ) -> None:
@@ -98,6 +100,7 @@ def test_killed_train_worker_resumes_from_its_checkpoint(
     assert starts == {0.0, 1.0} or max(starts) >= 1  # the restart began at its checkpoint
 
 
+@pytest.mark.slow  # a kill and a resume: minutes
 def test_killed_driver_resumes_every_trial_and_logs_every_epoch(
     prepared_small: Path, tmp_path: Path, ray_local: str
 ) -> None:
@@ -176,8 +179,8 @@ def test_epochs_lost_with_a_killed_driver_are_logged_from_the_resent_history(
     restarted run's first report re-sends epochs 1-4 and the run ends with each exactly once."""
     from types import SimpleNamespace
 
-    from orchestration.tracking import SweepRun, TrialTracker, client_for, experiment_id
-    from orchestration.train_config import TrainConfig
+    from orchestration.results.tracking import SweepRun, TrialTracker, client_for, experiment_id
+    from orchestration.train.config import TrainConfig
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = client_for(uri)
@@ -186,10 +189,10 @@ def test_epochs_lost_with_a_killed_driver_are_logged_from_the_resent_history(
     base = TrainConfig(model="mobilenetv2", data=str(tmp_path)).to_dict()
     trial = SimpleNamespace(trial_id="t_00000", config={}, last_result={})
     results = [{"epoch": e, "train_loss": 1 / e, "val_auc": 0.5 + e / 100} for e in (1, 2, 3, 4)]
-    first = TrialTracker(uri, exp, parent, base, str(tmp_path))
+    first = TrialTracker(uri, exp, parent, base)
     for result in results[:2]:  # epoch 3 reached the checkpoint, not the tracker
         first.on_trial_result(0, [], trial, result)
-    restarted = TrialTracker(uri, exp, parent, base, str(tmp_path))  # the resumed driver
+    restarted = TrialTracker(uri, exp, parent, base)  # the resumed driver
     restarted.on_trial_result(0, [], trial, {**results[3], "history": results})
     (run,) = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
     for key in ("epoch", "train_loss", "val_auc"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestration.tracking import SweepRun, client_for, experiment_id
+from orchestration.results.tracking import SweepRun, client_for, experiment_id
 
 REPO = Path(__file__).resolve().parents[2]
 WRITERS, EPOCHS = 8, 24
@@ -28,8 +28,8 @@ METRICS = ("epoch", "train_loss", "val_auc", "best_val_auc", "lr")
 WRITER = """
 import sys, threading, time
 from types import SimpleNamespace
-from orchestration.tracking import TrialTracker
-from orchestration.train_config import TrainConfig
+from orchestration.results.tracking import TrialTracker
+from orchestration.train.config import TrainConfig
 
 uri, experiment, parent = sys.argv[1:4]
 first, count, epochs = (int(a) for a in sys.argv[4:7])
@@ -37,7 +37,7 @@ base = TrainConfig(model="mobilenetv2", data="/nonexistent").to_dict()
 
 
 def write(index):
-    tracker = TrialTracker(uri, experiment, parent, base, storage="")
+    tracker = TrialTracker(uri, experiment, parent, base)
     trial = SimpleNamespace(trial_id=f"writer_{index:05d}", config={"lr": 1e-3}, last_result={})
     tracker.on_trial_start(0, [], trial)
     history = []

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.reliability.test_faults import ONE_TRIAL, _children, _history
@@ -71,6 +72,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # a kill and a resume: minutes
 def test_sweep_survives_a_lost_worker_node(prepared_small: Path, tmp_path: Path) -> None:
     space, script = tmp_path / "one.yaml", tmp_path / "sweep.py"
     space.write_text(ONE_TRIAL)

@@ -30,6 +30,7 @@ def _sidecars(folder: Path) -> int:
     return len(list(folder.rglob("0*.json")))
 
 
+@pytest.mark.slow  # a kill and a resume: minutes
 @pytest.mark.parametrize("share", [0.0, 0.4, 1.0])
 def test_killed_prepare_reruns_to_the_uninterrupted_bytes(
     synthetic_data: Path, clean: Path, tmp_path: Path, ray_local: str, share: float

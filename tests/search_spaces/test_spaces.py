@@ -22,8 +22,15 @@ def test_shipped_spaces_load_and_cover_the_study_question(name: str) -> None:
 
 
 def test_every_family_has_a_default_space() -> None:
-    names = {default_space(t, m) for t, m in [("classification", "resnet50"),
-             ("classification", "vit_b16"), ("segmentation", "unet"), ("detection", "fasterrcnn")]}  # fmt: skip
+    names = {
+        default_space(t, m)
+        for t, m in [
+            ("classification", "resnet50"),
+            ("classification", "vit_b16"),
+            ("segmentation", "unet"),
+            ("detection", "fasterrcnn"),
+        ]
+    }
     assert names == set(available_spaces())
 
 

@@ -7,16 +7,18 @@ never seen during training, model selection or early stopping.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from models import WeightsNotFoundError, build_model, model_info, weights_available
-from orchestration.train_config import TrainConfig
-from orchestration.train_data import build_datasets, class_weights, iter_split
-from orchestration.train_tasks import collate, concat_outputs, make_task
-from orchestration.train_worker import BEST_FILE, STATE_FILE, train_fn_per_worker
+from orchestration.train.config import TrainConfig
+from orchestration.train.data import build_datasets, class_weights, iter_split
+from orchestration.train.tasks import collate, concat_outputs, make_task
+from orchestration.train.worker import BEST_FILE, STATE_FILE, train_fn_per_worker
 
 
 def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | None = None):
@@ -74,13 +76,18 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
-def evaluate_local(cfg: TrainConfig, checkpoint_dir: str, split: str = "test") -> dict[str, Any]:
-    """Score the checkpoint's best model on ``split`` here, streaming its shards."""
-    spec = cfg.model_spec()
-    model = build_model(type(spec).from_dict(spec.to_dict() | {"pretrained": False}))
+def load_best_model(cfg: TrainConfig, checkpoint_dir: str | Path) -> nn.Module:
+    """The best model a checkpoint folder holds, in eval mode (its weights replace any
+    pretrained ones, so none are loaded)."""
+    model = build_model(replace(cfg.model_spec(), pretrained=False))
     state = torch.load(Path(checkpoint_dir) / BEST_FILE, weights_only=True, map_location="cpu")
     model.load_state_dict(state)
-    model.eval()
+    return model.eval()
+
+
+def evaluate_local(cfg: TrainConfig, checkpoint_dir: str, split: str = "test") -> dict[str, Any]:
+    """Score the checkpoint's best model on ``split`` here, streaming its shards."""
+    model = load_best_model(cfg, checkpoint_dir)
     task = make_task(cfg.task, cfg.in_chans, lesion_only=cfg.lesion_detector)
     parts = [task.predict(model, collate(b)) for b in iter_split(cfg, split, cfg.batch_size)]
     if not parts:

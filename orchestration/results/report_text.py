@@ -113,7 +113,7 @@ def tune_text(summary: dict[str, Any], settings: Any) -> str:
 
 def benchmark_text(result: dict[str, Any], report: Path, settings: Any) -> str:
     """The leaderboard and where everything went."""
-    from orchestration.leaderboard import markdown
+    from orchestration.results.leaderboard import markdown
 
     folder = Path(result["folder"])
     lines = [

@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from models import build_model, trainable_params
-from orchestration.train_config import TrainConfig
-from orchestration.train_data import epoch_batches
-from orchestration.train_tasks import collate, concat_outputs, make_task
+from orchestration.train.config import TrainConfig
+from orchestration.train.data import epoch_batches
+from orchestration.train.tasks import collate, concat_outputs, make_task
 
 STATE_FILE, BEST_FILE, BEST_VAL_FILE = "state.pt", "best_model.pt", "best_val.pt"
 PREVIEW_ROWS = 8

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestration import tracking
-from orchestration.leaderboard import HEADER, cells, leaderboard
+from orchestration.results import tracking
+from orchestration.results.leaderboard import HEADER, cells, leaderboard
 
 SWEEP_PLOTS = ("plots/learning_curves.png", "plots/trials_comparison.png")
 TRIAL_PLOTS = (

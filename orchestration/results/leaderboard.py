@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from orchestration import tracking
-from orchestration.metrics import DETECTION_RULE
+from orchestration.results import tracking
+from orchestration.train.metrics import DETECTION_RULE
 from search_spaces.benchmarks import published
 
 PRIMARY = {"classification": "accuracy", "segmentation": "dice", "detection": "map50"}
@@ -55,9 +55,9 @@ COLUMNS = [
 def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
     """One row from a sweep's parent run (an ``mlflow.entities.Run``)."""
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    model, task = tags.get("mammobench.model", "?"), tags.get("mammobench.task", "?")
+    model, task = tags.get(tracking.MODEL_TAG, "?"), tags.get(tracking.TASK_TAG, "?")
     best_pretrained = {"True": "pretrained", "False": "scratch"}.get(params.get("best.pretrained"))
-    setting = tags.get("mammobench.setting") or best_pretrained or "-"
+    setting = tags.get(tracking.SETTING_TAG) or best_pretrained or "-"
     metric = PRIMARY.get(task, "")
     figures = published(model, setting)
     row: dict[str, Any] = {
@@ -76,7 +76,7 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
         "gpu_hours": metrics.get("gpu_hours"),
         "trial_hours": metrics.get("trial_hours"),
         "trials": trials,
-        "note": tags.get("mammobench.skipped") or _error(run),
+        "note": tags.get(tracking.SKIP_TAG) or _error(run),
         "best_params": ", ".join(
             f"{k}={params[f'best.{k}']}" for k in PARAMS if f"best.{k}" in params
         ),
@@ -89,12 +89,12 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
 
 def _error(run: Any) -> str:
     if run.info.status == "FAILED":
-        return run.data.tags.get("mammobench.error") or "no trial produced a checkpoint"
+        return run.data.tags.get(tracking.ERROR_TAG) or "no trial produced a checkpoint"
     return ""
 
 
 def _status(run: Any) -> str:
-    if "mammobench.skipped" in run.data.tags:
+    if tracking.SKIP_TAG in run.data.tags:
         return "skipped"
     return {"FINISHED": "done", "FAILED": "failed", "RUNNING": "running"}.get(
         run.info.status, run.info.status.lower()

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.augment import decode_batch, oversample, study_augmentation
 from data_pipeline.ray_data import data_context
-from orchestration.train_config import TrainConfig, shard_paths
+from orchestration.train.config import TrainConfig, shard_paths
 
 SHUFFLE_BUFFER_BYTES = 64 * 2**20  # decoded pixels held per worker for the local shuffle
 

@@ -6,14 +6,16 @@ save them (``fig.savefig``) or hand them to MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+CLASS_NAMES = {2: ["benign", "malignant"], 3: ["benign", "benign w/o callback", "malignant"]}
 
 
 def roc_figure(labels: np.ndarray, scores: np.ndarray, title: str = "ROC") -> Figure:
@@ -130,3 +132,37 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     ax.set(ylabel=metric, title=f"best {metric} per trial\n(blue: pretrained, orange: scratch)")
     fig.tight_layout()
     return fig
+
+
+def sweep_figures(
+    rows: Sequence[Mapping[str, Any]],
+    histories: Mapping[str, Sequence[tuple[int, float]]],
+    metric: str,
+) -> dict[str, Figure]:
+    """A sweep's figures by artifact path: each trial's best ``metric``, and its curves."""
+    return {
+        "plots/trials_comparison.png": comparison_figure(rows, metric),
+        "plots/learning_curves.png": curves_figure(histories, metric),
+    }
+
+
+def validation_figures(task: str, record: Mapping[str, Any]) -> Iterator[tuple[str, Figure]]:
+    """(file name, figure) pairs of a trial's best validation predictions (its checkpoint's
+    record: ``outputs`` of classification, a ``preview`` batch of segmentation and detection)."""
+    outputs, preview = record.get("outputs", {}), record.get("preview", {})
+    if task == "classification" and "probs" in outputs:
+        probs, labels = outputs["probs"].numpy(), outputs["label"].numpy()
+        classes = CLASS_NAMES.get(probs.shape[1], [str(i) for i in range(probs.shape[1])])
+        matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(probs.shape[1])))
+        yield "confusion_matrix.png", confusion_figure(matrix, classes)
+        malignant = (labels == probs.shape[1] - 1).astype(int)
+        yield "roc_curve.png", roc_figure(malignant, probs[:, -1], "validation ROC")
+    elif task == "segmentation" and "image" in preview:
+        yield (
+            "mask_overlays.png",
+            overlay_figure(*(preview[k].numpy() for k in ("image", "mask", "pred"))),
+        )
+    elif task == "detection" and "image" in preview:
+        boxes = [[t.numpy() for t in preview[k]] for k in ("boxes", "pred_boxes", "pred_scores")]
+        images = [image.numpy() for image in preview["image"]]
+        yield "detections.png", detection_figure(images, *boxes)

@@ -14,7 +14,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from orchestration.metrics import (
+from orchestration.train.metrics import (
     classification_cis,
     classification_metrics,
     detection_metrics,

@@ -78,11 +78,16 @@ class TrainConfig:
 
     @classmethod
     def for_trial(cls, base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
-        """A sweep trial's job: ``base`` with the trial's sampled settings (scratch trains all)."""
-        data = base | sampled
-        if not data.get("pretrained"):
-            data["unfreeze"] = "all"
-        return cls.from_dict(data)
+        """A sweep trial's job from the plain dicts Ray passes: ``base`` with its sampled settings."""
+        return cls.from_dict(base).with_params(sampled)
+
+    def with_params(self, sampled: dict[str, Any]) -> TrainConfig:
+        """This job with a trial's sampled settings (scratch trains all); unknown keys are typos."""
+        unknown = sorted(set(sampled) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}")
+        out = replace(self, **sampled)
+        return out if out.pretrained else replace(out, unfreeze="all")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, the inverse of ``from_dict``."""
@@ -115,15 +120,21 @@ class TrainConfig:
         return self.task == "detection" and self.detection_classes == "lesion"
 
     def model_spec(self) -> ModelSpec:
-        """The model this job trains."""
+        """The model this job trains; its input size and classes come from the manifest."""
         from models import ModelSpec
+
+        if not self.image_size or not self.num_classes:
+            raise ValueError(
+                f"{self.model}: the image size and classes of a job come from the prepared "
+                f"data's manifest, not read yet (TrainConfig.with_manifest)"
+            )
 
         return ModelSpec(
             name=self.model,
-            num_classes=1 if self.lesion_detector else self.num_classes or 2,
+            num_classes=1 if self.lesion_detector else self.num_classes,
             pretrained=self.pretrained,
             unfreeze=self.unfreeze if self.pretrained else "all",
-            input_size=self.image_size or 224,
+            input_size=self.image_size,
             in_chans=self.in_chans,
             dropout=self.dropout,
             encoder=self.encoder,

@@ -4,35 +4,43 @@ A sweep is a parent run; each Tune trial is a child run (``mlflow.parentRunId``)
 updated by ``TrialTracker``, a Tune callback that runs in the sweep's driver, so one process
 writes the store. Child runs are keyed by trial id: a resumed sweep reopens them instead of
 creating duplicates, and runs a killed driver left RUNNING are marked FAILED first.
+
+MLflow I/O only: whoever owns a checkpoint or builds a figure hands this module the files and
+figures to log (``TrialTracker(artifacts=...)``, ``SweepRun.finish(figures=...)``).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import math
-import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import torch
 import yaml
+from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
-from sklearn.metrics import confusion_matrix
 
-from orchestration import plots
-from orchestration.train_config import TrainConfig
+from orchestration.train.config import TrainConfig
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # clusters in hospitals are offline
+if TYPE_CHECKING:
+    import torch
 
+# Run tags, one name each: the sweep/benchmark tree, what a run trained, and why it ended
 SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "mammobench.sweep", "mammobench.trial_id", "mlflow.parentRunId"
 KIND_TAG, BEST_TAG = "mammobench.kind", "mammobench.best_trial_id"
-BENCH_TAG, SKIP_TAG, ERROR_TAG = "mammobench.benchmark", "mammobench.skipped", "mammobench.error"
+BENCH_TAG, CONFIG_TAG = "mammobench.benchmark", "mammobench.config"
+MODEL_TAG, TASK_TAG, SETTING_TAG = "mammobench.model", "mammobench.task", "mammobench.setting"
+FINGERPRINT_TAG = "mammobench.dataset_fingerprint"
+SKIP_TAG, ERROR_TAG = "mammobench.skipped", "mammobench.error"
+SKIPPED_PRETRAINED_TAG = "mammobench.skipped_pretrained"
+INTERRUPTED_TAG = "mammobench.interrupted"
+STOPPED_EARLY_TAG, STOPPED_BY_TAG = "mammobench.stopped_early", "mammobench.stopped_by"
 ERROR_FILE = "error.txt"  # a failed sweep's traceback
 NAME_TAGS = {"sweep": SWEEP_TAG, "benchmark": BENCH_TAG}
 PACKAGES = (
@@ -46,7 +54,11 @@ PACKAGES = (
     "pydicom",
     "albumentations",
 )
-CLASS_NAMES = {2: ["benign", "malignant"], 3: ["benign", "benign w/o callback", "malignant"]}
+
+# What a finished trial leaves: (artifact path, local file or figure) pairs, from whoever owns
+# its checkpoint; called with the trial's job and its checkpoint path
+Artifact = tuple[str, "Path | Figure"]
+TrialArtifacts = Callable[[TrainConfig, str], Iterator[Artifact]]
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
@@ -70,7 +82,7 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
 
 def provenance_tags(fingerprint: str) -> dict[str, str]:
     """Git commit, dataset fingerprint and package versions, for the parent run."""
-    tags = {"mammobench.dataset_fingerprint": fingerprint}
+    tags = {FINGERPRINT_TAG: fingerprint}
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -176,7 +188,7 @@ class SweepRun:
             self.client, self.experiment_id, {PARENT_TAG: self.run_id}, status="RUNNING"
         )
         for run in stale:
-            self.client.set_tag(run.info.run_id, "mammobench.interrupted", "driver killed")
+            self.client.set_tag(run.info.run_id, INTERRUPTED_TAG, "driver killed")
             self.client.set_terminated(run.info.run_id, "FAILED")
         return len(stale)
 
@@ -198,8 +210,34 @@ class SweepRun:
         """The sweep's trial runs."""
         return find_runs(self.client, self.experiment_id, {PARENT_TAG: self.run_id})
 
-    def finish(self, summary: dict[str, Any], metric: str, status: str = "FINISHED") -> None:
-        """Best trial's params and test metrics, comparison plots; then end the parent run."""
+    def trial_curves(self, metric: str) -> tuple[list[dict[str, Any]], dict[str, list]]:
+        """Each trial's best ``metric`` (rows: name, value, pretrained) and its per-epoch history,
+        for the sweep's comparison figures."""
+        children = sorted(self.children(), key=lambda run: run.info.run_name)
+        rows = [
+            {
+                "name": run.info.run_name,
+                "value": run.data.metrics[f"best_{metric}"],
+                "pretrained": run.data.params.get("pretrained") == "True",
+            }
+            for run in children
+            if f"best_{metric}" in run.data.metrics
+        ]
+        histories = {
+            run.info.run_name: [
+                (m.step, m.value) for m in self.client.get_metric_history(run.info.run_id, metric)
+            ]
+            for run in children
+        }
+        return rows, histories
+
+    def finish(
+        self,
+        summary: dict[str, Any],
+        status: str = "FINISHED",
+        figures: dict[str, Figure] | None = None,
+    ) -> None:
+        """Best trial's params and test metrics and the sweep's ``figures``; then end the run."""
         best = summary.get("best") or {}
         _log_params(self.client, self.run_id, flatten(best.get("params", {}), "best."))
         metrics = (
@@ -210,36 +248,9 @@ class SweepRun:
         if best.get("trial_id"):
             self.client.set_tag(self.run_id, BEST_TAG, best["trial_id"])
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-        children = self.children()
-        if children:
-            self._log_comparison(children, metric)
+        for path, figure in (figures or {}).items():
+            self.client.log_figure(self.run_id, figure, path)
         self.client.set_terminated(self.run_id, status)
-
-    def _log_comparison(self, children: list[Any], metric: str) -> None:
-        rows = sorted(
-            (
-                {
-                    "name": run.info.run_name,
-                    "value": run.data.metrics.get(f"best_{metric}"),
-                    "pretrained": run.data.params.get("pretrained") == "True",
-                }
-                for run in children
-            ),
-            key=lambda r: r["name"],
-        )
-        rows = [r for r in rows if r["value"] is not None]
-        self.client.log_figure(
-            self.run_id, plots.comparison_figure(rows, metric), "plots/trials_comparison.png"
-        )
-        histories = {
-            run.info.run_name: [
-                (m.step, m.value) for m in self.client.get_metric_history(run.info.run_id, metric)
-            ]
-            for run in children
-        }
-        self.client.log_figure(
-            self.run_id, plots.curves_figure(histories, metric), "plots/learning_curves.png"
-        )
 
     def register_model(self, name: str, model: torch.nn.Module, test: dict[str, Any]) -> str:
         """Log the best model on the parent run and register it with its test metrics."""
@@ -331,15 +342,21 @@ def fetch_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> P
 class TrialTracker(Callback):
     """Tune callback: one child run per trial, per-epoch metrics, artifacts at the end.
 
-    Pickled with the Tuner (and restored by ``Tuner.restore``): it keeps only plain settings and
-    reconnects to the store lazily.
+    ``artifacts`` (a picklable function, e.g. a ``functools.partial``) lists what a finished
+    trial leaves; without it none are logged. Pickled with the Tuner (and restored by
+    ``Tuner.restore``): it keeps only plain settings and reconnects to the store lazily.
     """
 
     def __init__(
-        self, tracking_uri: str, experiment: str, parent: str, base: dict[str, Any], storage: str
+        self,
+        tracking_uri: str,
+        experiment: str,
+        parent: str,
+        base: dict[str, Any],
+        artifacts: TrialArtifacts | None = None,
     ) -> None:
         self.tracking_uri, self.experiment, self.parent = tracking_uri, experiment, parent
-        self.base, self.storage = base, storage
+        self.base, self.artifacts = base, artifacts
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, set[int]] = {}  # run id -> epochs logged
@@ -390,13 +407,12 @@ class TrialTracker(Callback):
         run_id = self._run_of(trial)
         result = trial.last_result or {}
         stopped = not result.get("completed", False)
-        self.client.set_tag(run_id, "mammobench.stopped_early", str(stopped).lower())
+        self.client.set_tag(run_id, STOPPED_EARLY_TAG, str(stopped).lower())
         if stopped:
-            self.client.set_tag(run_id, "mammobench.stopped_by", "scheduler (ASHA)")
-        if result.get("checkpoint_path"):
-            log_trial_artifacts(
-                self.client, run_id, self.config_of(trial), result["checkpoint_path"], self.storage
-            )
+            self.client.set_tag(run_id, STOPPED_BY_TAG, "scheduler (ASHA)")
+        if self.artifacts and result.get("checkpoint_path"):
+            artifacts = self.artifacts(self.config_of(trial), result["checkpoint_path"])
+            log_artifacts(self.client, run_id, artifacts)
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -442,36 +458,10 @@ def trial_run_name(cfg: TrainConfig, trial) -> str:
     return f"{cfg.model}-{setting}-lr{cfg.lr:.1e}-{trial.trial_id.split('_')[-1]}"
 
 
-def log_trial_artifacts(
-    client: MlflowClient, run_id: str, cfg: TrainConfig, checkpoint_path: str, storage: str
-) -> None:
-    """The best checkpoint and the plots of its validation predictions."""
-    from orchestration.train_driver import open_checkpoint
-    from orchestration.train_worker import BEST_FILE, BEST_VAL_FILE
-
-    with open_checkpoint(checkpoint_path, storage).as_directory() as folder:
-        client.log_artifact(run_id, str(Path(folder) / BEST_FILE), "checkpoint")
-        record = torch.load(Path(folder) / BEST_VAL_FILE, weights_only=True)
-    for name, figure in validation_figures(cfg, record or {}):
-        client.log_figure(run_id, figure, f"plots/{name}")
-
-
-def validation_figures(cfg: TrainConfig, record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """(file name, figure) pairs for a trial's best validation predictions."""
-    outputs, preview = record.get("outputs", {}), record.get("preview", {})
-    if cfg.task == "classification" and "probs" in outputs:
-        probs, labels = outputs["probs"].numpy(), outputs["label"].numpy()
-        classes = CLASS_NAMES.get(probs.shape[1], [str(i) for i in range(probs.shape[1])])
-        matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(probs.shape[1])))
-        yield "confusion_matrix.png", plots.confusion_figure(matrix, classes)
-        malignant = (labels == probs.shape[1] - 1).astype(int)
-        yield "roc_curve.png", plots.roc_figure(malignant, probs[:, -1], "validation ROC")
-    elif cfg.task == "segmentation" and "image" in preview:
-        yield (
-            "mask_overlays.png",
-            plots.overlay_figure(*(preview[k].numpy() for k in ("image", "mask", "pred"))),
-        )
-    elif cfg.task == "detection" and "image" in preview:
-        boxes = [[t.numpy() for t in preview[k]] for k in ("boxes", "pred_boxes", "pred_scores")]
-        images = [image.numpy() for image in preview["image"]]
-        yield "detections.png", plots.detection_figure(images, *boxes)
+def log_artifacts(client: MlflowClient, run_id: str, artifacts: Iterator[Artifact]) -> None:
+    """Log files (under their artifact folder) and figures (at their artifact path)."""
+    for path, item in artifacts:
+        if isinstance(item, Path):
+            client.log_artifact(run_id, str(item), path)
+        else:
+            client.log_figure(run_id, item, path)

@@ -1,0 +1,60 @@
+"""``SweepConfig``: one sweep as plain data (light to import: the CLI reads its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestration.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep: the architecture, its space and how trials are scheduled."""
+
+    model: str
+    data: str
+    task: str = "classification"
+    space: str | None = None
+    samples: int = 1
+    max_epochs: int = 10
+    scheduler: str = "asha"
+    search: str = "random"
+    workers: int = 1
+    gpus_per_trial: float = 0.0
+    name: str | None = None
+    resume: bool = False
+    grace_epochs: int = 1
+    max_failures: int = 1
+    seed: int = 0
+    experiment: str | None = None
+    parent_run: str | None = None
+    max_concurrent: int | None = None  # autoscaling clusters: set it, nodes are not up yet
+    train: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # space settings pinned to one value
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags of the sweep's parent run
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("asha", "fifo"):
+            raise ValueError(f"scheduler must be asha or fifo, got {self.scheduler!r}")
+        if self.search not in ("random", "optuna"):
+            raise ValueError(f"search must be random or optuna, got {self.search!r}")
+        if self.samples < 1 or self.max_epochs < 1:
+            raise ValueError("samples and max_epochs must be at least 1")
+
+    def base(self) -> TrainConfig:
+        """The training job every trial starts from (sampled settings override it)."""
+        gpus = self.gpus_per_trial / self.workers
+        # ASHA stops trials (no early stop); a lost Train worker restarts from its checkpoint
+        train = {"patience": self.max_epochs, "max_failures": self.max_failures, **self.train}
+        return TrainConfig(
+            model=self.model,
+            data=str(Path(self.data).resolve()),
+            task=self.task,
+            epochs=self.max_epochs,
+            workers=self.workers,
+            gpus_per_worker=gpus,
+            seed=self.seed,
+            **train,
+        ).with_manifest()
