@@ -70,10 +70,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict; unknown keys are an error (they are typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}")
+        _check_keys(data)
         return cls(**data)
 
     @classmethod
@@ -83,9 +80,7 @@ class TrainConfig:
 
     def with_params(self, sampled: dict[str, Any]) -> TrainConfig:
         """This job with a trial's sampled settings (scratch trains all); unknown keys are typos."""
-        unknown = sorted(set(sampled) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}")
+        _check_keys(sampled)
         out = replace(self, **sampled)
         return out if out.pretrained else replace(out, unfreeze="all")
 
@@ -147,6 +142,12 @@ class TrainConfig:
         """A stable name: re-running the same job resumes it instead of starting over."""
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
         return f"train-{self.model}-{self.task}-{digest[:8]}"
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    unknown = sorted(set(data) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown TrainConfig keys {unknown}")
 
 
 def read_manifest(data: str | Path, task: str) -> dict[str, Any]:
