@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from data_pipeline.case_csv import SUBJECT_PREFIX
+from data_pipeline.dicom_write import write_dicom
 from data_pipeline.synth_images import (
     breast_image,
     draw_calcifications,
@@ -168,39 +167,6 @@ class _Writer:
                 "Download Timestamp": "2026-01-01T00:00:00.000",
             }
         )
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    syntax: UID = ExplicitVRLittleEndian,
-    sop_class: UID = SecondaryCaptureImageStorage,
-    sop_instance: str | None = None,
-    bits_stored: int | None = None,
-    photometric: str = "MONOCHROME2",
-    **elements: object,
-) -> Path:
-    """One single-frame DICOM file of ``pixels`` (native bytes under ``syntax``), as CBIS-DDSM's
-    Secondary Capture files are; ``elements`` add or override header elements by keyword."""
-    sop_instance = sop_instance or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_instance
-    meta.TransferSyntaxUID = syntax
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_instance
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, int(pixels.dtype.kind == "i")
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _write_dicom(

@@ -13,7 +13,8 @@ import pytest
 
 from data_pipeline.case_csv import clean_category, read_case_csv
 from data_pipeline.catalog import build_catalog
-from data_pipeline.synth import SynthConfig, make_synthetic, write_dicom
+from data_pipeline.dicom_write import write_dicom
+from data_pipeline.synth import SynthConfig, make_synthetic
 from tests.conftest import REAL_CSV_DIR
 
 

@@ -12,16 +12,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_voi_lut
-from pydicom.uid import (
-    UID,
-    HTJ2KLossless,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-)
+from pydicom.uid import UID, HTJ2KLossless, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from data_pipeline import synth
+from data_pipeline import dicom_write
 from data_pipeline.dicom import DicomError, align_mask, classify_roi, read_header, read_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,22 +43,16 @@ SUBJECT = "Mass-Test_P_99999_LEFT_CC"
 
 def write_dicom(path: Path, pixels: np.ndarray, **options: object) -> Path:
     """The package's writer, with a CBIS-DDSM subject as name and ID (PHI the reader must drop)."""
-    return synth.write_dicom(
+    return dicom_write.write_dicom(
         path, pixels, **{"PatientName": SUBJECT, "PatientID": SUBJECT} | options
     )
 
 
 def write_encapsulated(path: Path, syntax: UID) -> Path:
     """A file whose transfer syntax is compressed but whose single fragment is garbage."""
-    path = write_dicom(path, np.zeros((8, 8), np.uint16))
-    ds = pydicom.dcmread(path)
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.PixelData = encapsulate([b"\x00garbage" * 8])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    kw = {} if syntax.is_transfer_syntax else {"implicit_vr": False, "little_endian": True}
-    ds.save_as(path, enforce_file_format=True, **kw)
-    return path
+    return write_dicom(
+        path, np.zeros((8, 8), np.uint16), syntax=syntax, fragments=[b"\x00garbage" * 8]
+    )
 
 
 def reason_of(path: Path) -> str:
@@ -211,10 +199,7 @@ def test_missing_decoder_plugin_names_the_package(tmp_path):
 
 
 def test_rows_larger_than_data_is_a_shape_mismatch(tmp_path):
-    path = write_dicom(tmp_path / "a.dcm", np.ones((10, 12), np.uint16))
-    ds = pydicom.dcmread(path)
-    ds.Rows = 20
-    ds.save_as(path, enforce_file_format=True)
+    path = write_dicom(tmp_path / "a.dcm", np.ones((10, 12), np.uint16), Rows=20)
     assert reason_of(path).startswith("shape mismatch: PixelData holds 240 bytes")
 
 
@@ -222,10 +207,13 @@ def test_multi_frame_and_colour_are_rejected(tmp_path):
     two_frames = np.zeros((8, 4), np.uint16)  # two 4x4 frames
     frames = write_dicom(tmp_path / "mf.dcm", two_frames, Rows=4, NumberOfFrames=2)
     assert reason_of(frames).startswith("multi-frame image (2 frames)")
-    rgb = write_dicom(tmp_path / "rgb.dcm", np.zeros((4, 4, 3), np.uint8), photometric="RGB")
-    ds = pydicom.dcmread(rgb)
-    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
-    ds.save_as(rgb, enforce_file_format=True)
+    rgb = write_dicom(
+        tmp_path / "rgb.dcm",
+        np.zeros((4, 4, 3), np.uint8),
+        photometric="RGB",
+        SamplesPerPixel=3,
+        PlanarConfiguration=0,
+    )
     assert reason_of(rgb).startswith("colour image")
 
 
@@ -250,6 +238,22 @@ def test_bits_stored_12_masks_high_bits(tmp_path):
     image = read_image(path)
     assert image.tolist() == [[0, 4095, 7, 4095]]
     assert np.array_equal(image, pydicom.dcmread(path).pixel_array)
+
+
+def test_rle_files_decode_like_their_native_copies(tmp_path):
+    """Re-encoded copies (12-bit images, 8-bit masks) take the decoder's path, to equal pixels."""
+    image = np.random.default_rng(0).integers(0, 4096, (24, 16), dtype=np.uint16)
+    mask = np.zeros((24, 16), np.uint8)
+    mask[4:12, 2:10] = 255
+    for name, pixels, bits in (("image", image, 12), ("mask", mask, None)):
+        native = write_dicom(tmp_path / f"{name}.dcm", pixels, bits_stored=bits)
+        rle = write_dicom(
+            tmp_path / f"{name}-rle.dcm", pixels, bits_stored=bits, syntax=RLELossless
+        )
+        assert read_header(rle)["transfer_syntax"] == "RLE Lossless"
+        assert np.array_equal(read_image(rle), read_image(native)), name
+        assert np.array_equal(read_image(rle), pixels), name
+    assert classify_roi(tmp_path / "mask-rle.dcm") == "mask"
 
 
 def test_monochrome1_is_inverted_over_stored_range(tmp_path):

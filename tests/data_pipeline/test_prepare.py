@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pydicom
-import pydicom.encaps
 import pytest
+from pydicom.uid import MPEG2MPML
 
 from data_pipeline.catalog import build_catalog
 from data_pipeline.convert import prepare
+from data_pipeline.dicom_write import write_dicom
 from data_pipeline.prepare_plan import PrepareConfig
 from data_pipeline.synth import SynthConfig, make_synthetic
 from data_pipeline.transforms import decode_png
@@ -141,11 +142,9 @@ def _damage(data: Path) -> dict[str, str]:
     expected[nopixels.key] = "PixelData"
     (data / missing.image_file).unlink()
     expected[missing.key] = "file not found"
-    ds = pydicom.dcmread(data / syntax.image_file)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder anywhere
-    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
-    ds["PixelData"].VR = "OB"
-    ds.save_as(data / syntax.image_file)
+    pixels = pydicom.dcmread(data / syntax.image_file).pixel_array
+    # MPEG-2 pixel data, which no installed decoder reads
+    write_dicom(data / syntax.image_file, pixels, syntax=MPEG2MPML, fragments=[b"\x00" * 64])
     expected[syntax.key] = "transfer syntax"
     _rewrite_mask(data / empty.mask_file, lambda m: np.zeros_like(m))
     expected[empty.key] = "empty"
@@ -155,11 +154,7 @@ def _damage(data: Path) -> dict[str, str]:
 
 
 def _rewrite_mask(path: Path, change) -> None:
-    ds = pydicom.dcmread(path)
-    pixels = change(ds.pixel_array)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path)
+    write_dicom(path, change(pydicom.dcmread(path).pixel_array))
 
 
 def _add_traversal_row(data: Path) -> None:

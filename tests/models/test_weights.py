@@ -34,8 +34,10 @@ def test_safetensors_files_are_read(tmp_path, scratch, spec_for, part_of) -> Non
 def test_weights_dir_comes_from_the_environment(
     monkeypatch, weights_dir, saved_state, spec_for, part_of
 ) -> None:
-    monkeypatch.setenv("MAMMOBENCH_WEIGHTS_DIR", str(weights_dir("mobilenetv2")))
-    model = build_model(spec_for("mobilenetv2", pretrained=True))
+    directory = weights_dir("mobilenetv2")
+    monkeypatch.setenv("MAMMOBENCH_WEIGHTS_DIR", str(directory))
+    model = build_model(spec_for("mobilenetv2", pretrained=True))  # the spec names no folder
+    assert model.backbone.pretrained_cfg["file"] == str(directory / "mobilenetv2.pth")
     saved = saved_state("mobilenetv2")
     for key, tensor in part_of(model, "mobilenetv2").state_dict().items():
         assert torch.equal(tensor, saved[key]), key  # the file in the env's folder was loaded

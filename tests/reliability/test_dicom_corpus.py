@@ -24,13 +24,14 @@ import pytest
 
 from data_pipeline.convert import write_shard
 from data_pipeline.dicom import DicomError, classify_roi, read_header, read_image
+from data_pipeline.dicom_write import write_dicom
 from data_pipeline.prepare_plan import PrepareConfig
-from tests.data_pipeline.test_dicom import write_dicom
 
 REPO = Path(__file__).resolve().parents[2]
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 REAL_RLE = REPO / "tests/data/cbis-ddsm/dicom/Mass-Test_P_00820_LEFT_CC_ds4_RLE.dcm"
 CANARY = "CANARYX9"
+PHI = {"PatientName": CANARY, "PatientID": CANARY, "InstitutionName": CANARY}  # in every case
 READERS: tuple[Callable, ...] = (read_header, read_image, classify_roi)
 CONFIG = PrepareConfig(cls_size=32, seg_size=32, det_size=64)
 
@@ -49,9 +50,8 @@ def _mask() -> np.ndarray:
 
 
 def _seeds(folder: Path) -> dict[str, bytes]:
-    phi = {"PatientName": CANARY, "PatientID": CANARY, "InstitutionName": CANARY}
-    image = write_dicom(folder / "image.dcm", _image(), bits_stored=12, **phi)
-    mask = write_dicom(folder / "mask.dcm", _mask(), **phi)
+    image = write_dicom(folder / "image.dcm", _image(), bits_stored=12, **PHI)
+    mask = write_dicom(folder / "mask.dcm", _mask(), **PHI)
     return {"image": image.read_bytes(), "mask": mask.read_bytes(), "rle": REAL_RLE.read_bytes()}
 
 
@@ -99,7 +99,8 @@ HEADER_EDITS: dict[str, dict[str, object]] = {
 def _header_cases(folder: Path) -> Iterator[tuple[str, bytes]]:
     for seed_name, pixels in (("image", _image()), ("mask", _mask())):
         for edit, values in HEADER_EDITS.items():
-            data = write_dicom(folder / f"{seed_name}-{edit}.dcm", pixels, **values).read_bytes()
+            path = write_dicom(folder / f"{seed_name}-{edit}.dcm", pixels, **PHI | values)
+            data = path.read_bytes()
             if edit == "bad-window":  # pydicom refuses to write a non-number DS
                 data = data.replace(b"1234", b"ab!c")
             yield f"{seed_name}-{edit}", data
@@ -115,10 +116,7 @@ def _header_cases(folder: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def _odd_pixel_data(folder: Path, pixels: np.ndarray) -> bytes:
-    path = write_dicom(folder / "odd.dcm", pixels)
-    ds = pydicom.dcmread(path)
-    ds.PixelData = ds.PixelData[:-1]
-    ds.save_as(path, enforce_file_format=True)
+    path = write_dicom(folder / "odd.dcm", pixels, PixelData=pixels.tobytes()[:-1], **PHI)
     return path.read_bytes()
 
 
