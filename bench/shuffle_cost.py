@@ -19,10 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from data_pipeline.catalog import build_catalog
-from data_pipeline.convert import prepare
-from data_pipeline.prepare_plan import PrepareConfig
-from data_pipeline.synth import SynthConfig, make_synthetic
+from common import prepared_classification
+
 from orchestration.ray_cluster import init_ray
 from orchestration.train.config import TrainConfig, shard_paths
 from orchestration.train.data import _columns, _decode, _read_shards, build_datasets, epoch_batches
@@ -62,10 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     init_ray()
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_synthetic(Path(tmp) / "synth", SynthConfig(patients=args.patients, seed=0))
-        prep = Path(tmp) / "prep"
-        pcfg = PrepareConfig(tasks=("classification",), cls_size=args.size, shard_size=32)
-        prepare(build_catalog(data), prep, pcfg, print_fn=lambda *_: None)
+        prep = prepared_classification(Path(tmp), args.patients, args.size)
         cfg = TrainConfig(model="mobilenetv2", data=str(prep), batch_size=args.batch_size)
         cfg = replace(cfg.with_manifest(), balance="none")
         shuffled = build_datasets(cfg)["train"].iterator()

@@ -7,16 +7,23 @@ them over the training stream, so every epoch sees new draws.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
 
 from data_pipeline.transforms import decode_png
 
+if TYPE_CHECKING:
+    import albumentations as A
+
 
 def study_augmentation(task: str, p: float = 0.5) -> A.Compose:
-    """The study's augmentations; for detection the boxes follow the geometry."""
+    """The study's augmentations; for detection the boxes follow the geometry.
+
+    albumentations is imported here: a Train worker decodes validation rows without it.
+    """
+    import albumentations as A
+
     transforms = [
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),

@@ -129,9 +129,10 @@ def train_driver_fn(config: dict[str, Any], base: dict[str, Any], storage: str, 
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    started = time.time()
     cfg = TrainConfig.for_trial(base, config)
     name = f"{sweep}-{tune.get_context().get_trial_id()}"
-    trainer_for(cfg, storage, name, callbacks=[TuneReportCallback()]).fit()
+    trainer_for(cfg, storage, name, [TuneReportCallback()], started).fit()
 
 
 def sweep_name(sweep: SweepConfig, storage: str) -> str:

@@ -443,12 +443,13 @@ class TrialTracker(Callback):
         return run_id
 
 
-_EPOCH_KEYS = ("epoch", "train_loss", "lr", "start_epoch")
+_EPOCH_KEYS = ("epoch", "train_loss", "lr", "start_epoch", "first_step_s", "train_images_per_s")
+_EPOCH_PREFIXES = ("val_", "best_", "epoch_", "startup_")  # epoch_s, epoch_first_batch_s, ...
 
 
 def _epoch_values(result: dict[str, Any]) -> dict[str, float]:
-    """The per-epoch metrics of a trial's result."""
-    keep = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "best_"))}
+    """The per-epoch metrics of a trial's result (scores, timings, this attempt's start-up)."""
+    keep = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(_EPOCH_PREFIXES)}
     return scalar_metrics(keep)
 
 

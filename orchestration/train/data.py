@@ -64,24 +64,20 @@ def label_counts(cfg: TrainConfig, split: str = "train") -> Counter:
 
 
 def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
-    """``{"train": ..., "val": ...}`` Ray datasets for ``TorchTrainer(datasets=...)``.
+    """``{"train": ...}``: the Ray dataset of ``TorchTrainer(datasets=...)``.
 
-    Training rows stream from the shards and are decoded and augmented anew every epoch. The
-    validation split is decoded once and kept in the object store (it is small and never changes).
+    Training rows stream from the shards and are decoded and augmented anew every epoch.
+    Validation is not a Ray dataset: every rank streams the whole split from its shards itself
+    after each training epoch (``iter_split``; small, never augmented), so nothing is decoded
+    before training starts and nothing of it is held in the object store.
     """
-
-    datasets = {}
     for split in ("train", "val"):
-        paths = shard_paths(cfg.data, cfg.task, split)
-        if not paths:
+        if not shard_paths(cfg.data, cfg.task, split):
             raise ValueError(f"{cfg.data}: the {split} split of {cfg.task} is empty")
-        train = split == "train"
-        copies = oversampling(cfg) if train else None
-        fn = partial(_decode, task=cfg.task, augment=train and cfg.augment, copies=copies)
-        ds = _read_shards(paths, _columns(cfg.task), shuffle_seed=cfg.seed if train else None)
-        ds = ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)
-        datasets[split] = ds if train else ds.materialize()
-    return datasets
+    paths = shard_paths(cfg.data, cfg.task, "train")
+    fn = partial(_decode, task=cfg.task, augment=cfg.augment, copies=oversampling(cfg))
+    ds = _read_shards(paths, _columns(cfg.task), shuffle_seed=cfg.seed)
+    return {"train": ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)}
 
 
 def _read_shards(paths: list[str], columns: list[str], shuffle_seed: int | None = None):

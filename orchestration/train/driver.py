@@ -7,6 +7,7 @@ never seen during training, model selection or early stopping.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,32 @@ from models import WeightsNotFoundError, build_model, model_info, weights_availa
 from orchestration.train.config import TrainConfig
 from orchestration.train.data import build_datasets, class_weights, iter_split
 from orchestration.train.tasks import collate, concat_outputs, make_task
-from orchestration.train.worker import BEST_FILE, STATE_FILE, train_fn_per_worker
+from orchestration.train.worker import BEST_FILE, STARTUP_KEY, STATE_FILE, train_fn_per_worker
 
 
-def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | None = None):
-    """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1."""
+def trainer_for(
+    cfg: TrainConfig,
+    storage: str,
+    name: str,
+    callbacks: list | None = None,
+    started: float | None = None,
+):
+    """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1.
+
+    ``started`` (``time.time()`` when the job or trial began; now when not given) is what the
+    workers' start-up figures (``first_step_s``, ``startup_*``) are measured from.
+    """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    marks = {"started": time.time() if started is None else started}
+    datasets, weights = build_datasets(cfg), class_weights(cfg)
+    marks["planned"] = time.time()
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config=cfg.to_dict() | {"_class_weights": class_weights(cfg)},
+        train_loop_config=cfg.to_dict() | {"_class_weights": weights, STARTUP_KEY: marks},
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -41,9 +55,9 @@ def trainer_for(cfg: TrainConfig, storage: str, name: str, callbacks: list | Non
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks,
         ),
-        datasets=build_datasets(cfg),
-        # validation is read whole by every rank (an equal split would drop rows; see evaluate)
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        # one worker reads the stream itself: a split starts a coordinator actor for nothing
+        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.workers > 1 else []),
     )
 
 
@@ -113,10 +127,11 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint, split: str = "test") -> di
 
 def run_training(cfg: TrainConfig, storage: str) -> dict[str, Any]:
     """Train (resuming a job of the same config if one was interrupted) and test the best model."""
+    started = time.time()
     cfg = cfg.with_manifest()
     check_job(cfg)
     name = cfg.run_name()
-    result = trainer_for(cfg, storage, name).fit()
+    result = trainer_for(cfg, storage, name, started=started).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     with result.checkpoint.as_directory() as folder:

@@ -3,6 +3,10 @@
 Computed once on all predictions of a split (gathered across workers), never averaged per batch.
 Confidence intervals are patient-level bootstraps: a patient has several lesions and views, so
 resampling rows would understate the uncertainty.
+
+scikit-learn, torchmetrics and torchvision (~2.5 s of imports) are imported where used: a Train
+worker fetches its first batch while the model (and torchvision with it) loads, and validation
+comes after the first epoch.
 """
 
 from __future__ import annotations
@@ -11,14 +15,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    roc_auc_score,
-)
-from torchmetrics.detection import MeanAveragePrecision
-from torchvision.ops import box_iou
 
 FROC_RATES = (0.5, 1.0, 2.0, 4.0)
 
@@ -33,6 +29,8 @@ def safe_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     positive = np.asarray(positive).astype(bool)
     if positive.all() or not positive.any():
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(positive, scores))
 
 
@@ -46,6 +44,8 @@ def classification_metrics(
         probs: Class probabilities (N, C); the last class is malignant.
         malignant: Index of the malignant class (default: the last).
     """
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
+
     malignant = probs.shape[1] - 1 if malignant is None else malignant
     preds = probs.argmax(axis=1)
     truth, called = labels == malignant, preds == malignant
@@ -162,6 +162,8 @@ def detection_metrics(
 
 
 def _map50(preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
+    from torchmetrics.detection import MeanAveragePrecision
+
     metric = MeanAveragePrecision(iou_thresholds=[0.5], box_format="xyxy")
     metric.update(preds, targets)
     value = float(metric.compute()["map_50"])
@@ -203,6 +205,8 @@ def _closeness(boxes: torch.Tensor, lesions: torch.Tensor, iou_threshold: float)
     """IoU of every (detection, lesion) pair where the pair is a hit, else -1 (None: no lesions)."""
     if not len(lesions):
         return None
+    from torchvision.ops import box_iou
+
     ious = box_iou(boxes, lesions)
     centre = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2
     inside = ((centre >= lesions[None, :, :2]) & (centre <= lesions[None, :, 2:])).all(dim=2)

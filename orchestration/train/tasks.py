@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +95,9 @@ class Segmentation:
 
     def __init__(self, in_chans: int) -> None:
         self.in_chans = in_chans
-        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        from segmentation_models_pytorch.losses import DiceLoss  # with timm: after the first batch
+
+        self.dice = DiceLoss(mode="binary", from_logits=True)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         logits = model(model_input(batch, self.in_chans))

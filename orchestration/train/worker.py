@@ -12,6 +12,8 @@ import copy
 import math
 import random
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,24 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
-from models import build_model, trainable_params
 from orchestration.train.config import TrainConfig
-from orchestration.train.data import epoch_batches
-from orchestration.train.tasks import collate, concat_outputs, make_task
+from orchestration.train.data import epoch_batches, iter_split
+from orchestration.train.steps import (
+    amp_for,
+    checksums,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    rank_world,
+    step_scheduler,
+    train_epoch,
+    unwrap,
+)
+from orchestration.train.tasks import collate, make_task
 
 STATE_FILE, BEST_FILE, BEST_VAL_FILE = "state.pt", "best_model.pt", "best_val.pt"
+STARTUP_KEY = "_startup"  # train_loop_config: {"started", "planned"} stamps (time.time())
 PREVIEW_ROWS = 8
 
 
@@ -38,95 +50,6 @@ class Best:
 
     model: dict[str, Any] | None = None
     val: dict[str, Any] | None = None
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=2)
-    return None
-
-
-def _checksums(model: torch.nn.Module) -> list[float]:
-    """Every rank's parameter sum: DDP keeps replicas identical, so all entries must match."""
-    total = sum(float(p.detach().double().sum()) for p in _unwrap(model).parameters())
-    if not dist.is_available() or not dist.is_initialized():
-        return [total]
-    sums: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(sums, total)
-    return sums
-
-
-def _gather(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Every worker's predictions, joined in rank order (all ranks get the same result)."""
-    if _rank_world()[1] == 1:
-        return outputs
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, outputs)
-    return concat_outputs([p for p in parts if p])
-
-
-def _rank_world() -> tuple[int, int]:
-    if not dist.is_available() or not dist.is_initialized():
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _sync_buffers(model: torch.nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm statistics) everywhere, so every rank evaluates one model."""
-    if _rank_world()[1] > 1:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
-def evaluate(task, model: torch.nn.Module, batches, device) -> tuple[dict[str, Any], Any]:
-    """Predict a whole split and gather it; also return its first batch (for previews).
-
-    Every rank reads the whole (unsplit) split and predicts every ``world``-th batch, so no row is
-    dropped to even out the ranks. The forward runs on the unwrapped module: ranks may hold
-    different batch counts, and a DDP forward would wait on the others.
-    """
-    net = _unwrap(model)
-    _sync_buffers(net)
-    net.eval()
-    rank, world = _rank_world()
-    parts, first = [], None
-    for index, batch in enumerate(batches):
-        first = batch if first is None else first
-        if index % world == rank:
-            parts.append(task.predict(net, collate(batch, device)))
-    return _gather(concat_outputs(parts)), first
-
-
-def _train_epoch(task, model, optimizer, batches, device, scaler) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for batch in batches:
-        batch = collate(batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=scaler is not None):
-            loss = task.loss(model, batch)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        total += float(loss.detach()) * len(batch["label"])
-        count += len(batch["label"])
-    return total / max(count, 1)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -164,8 +87,24 @@ def _tensors(obj: Any) -> Any:
     return obj
 
 
-def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], Best]:
-    """Resume from the latest reported checkpoint, if there is one."""
+def _load_checkpoint() -> tuple[dict[str, Any] | None, Best]:
+    """The latest reported checkpoint's loop state and best model (None, empty: a fresh start)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, Best()
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+        best = Best(
+            *(
+                torch.load(Path(folder) / name, weights_only=True)
+                for name in (BEST_FILE, BEST_VAL_FILE)
+            )
+        )
+    return state, best
+
+
+def _resume(job: _Job, state: dict[str, Any] | None) -> dict[str, Any]:
+    """The loop state to go on from: a checkpoint's (weights, optimiser, RNG restored) or new."""
     loop = {
         "epoch": 0,
         "best": -math.inf,
@@ -175,26 +114,42 @@ def _restore(model, optimizer, scheduler, scaler) -> tuple[dict[str, Any], Best]
         "starts": [0],
         "history": [],  # every epoch's scalar metrics, re-sent after a restart
     }
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return loop, Best()
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, weights_only=True)
-        best = Best(
-            *(
-                torch.load(Path(folder) / name, weights_only=True)
-                for name in (BEST_FILE, BEST_VAL_FILE)
-            )
-        )
-    _unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    for obj, key in ((scheduler, "scheduler"), (scaler, "scaler")):
+    if state is None:
+        return loop
+    unwrap(job.model).load_state_dict(state["model"])
+    job.optimizer.load_state_dict(state["optimizer"])
+    for obj, key in ((job.scheduler, "scheduler"), (job.amp[1], "scaler")):
         if obj is not None and state.get(key) is not None:
             obj.load_state_dict(state[key])
     _set_rng_state(state["rng"])
     restored = loop | {k: state[k] for k in loop if k in state}
     restored["starts"] = [*state["starts"], state["epoch"]]  # where each attempt began
-    return restored, best
+    return restored
+
+
+class _FetchAhead:
+    """An epoch's batches whose first one is fetched in a thread from the start, so the data
+    pipeline spins up (tasks, their imports, the shuffle buffer) while the model is built."""
+
+    def __init__(self, batches) -> None:
+        self._batches, self._first, self._error = iter(batches), [], None
+        self._thread = threading.Thread(target=self._fetch, daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._batches))
+        except StopIteration:
+            pass
+        except BaseException as error:  # re-raised in the training thread
+            self._error = error
+
+    def __iter__(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._batches
 
 
 @dataclass
@@ -206,32 +161,46 @@ class _Job:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: Any
+    amp: tuple[torch.dtype | None, Any]  # autocast dtype, gradient scaler (see ``amp_for``)
     task: Any
     n_trainable: int
 
     @classmethod
     def build(cls, cfg: TrainConfig, class_weights: list[float] | None) -> _Job:
+        # timm and torchvision (~1.6 s) load here, while the first batch is fetched
+        from models import build_model, trainable_params
+
         device = ray.train.torch.get_device()
         model = build_model(cfg.model_spec())
         n_trainable = trainable_params(model)
         model = ray.train.torch.prepare_model(model) if cfg.workers > 1 else model.to(device)
-        optimizer = _optimizer(cfg, model)
-        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+        optimizer = make_optimizer(cfg, model)
         weights = torch.tensor(class_weights) if class_weights else None
         task = make_task(cfg.task, cfg.in_chans, weights, cfg.lesion_detector)
         return cls(
-            cfg, device, model, optimizer, _scheduler(cfg, optimizer), scaler, task, n_trainable
+            cfg,
+            device,
+            model,
+            optimizer,
+            make_scheduler(cfg, optimizer),
+            amp_for(device),
+            task,
+            n_trainable,
         )
 
 
-def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str, Any]:
-    """Train one epoch, validate, update ``best``; return the metrics to report."""
+def _epoch(
+    job: _Job, loop: dict[str, Any], best: Best, epoch: int, batches: _FetchAhead
+) -> tuple[dict[str, Any], _FetchAhead | None]:
+    """Train one epoch on ``batches``, validate, update ``best``; return the metrics to report
+    and the next epoch's batches, whose fetch starts before validation (overlapping the
+    pipeline's start and the shuffle buffer's fill with validation and the checkpoint)."""
     cfg = job.cfg
-    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    batches = epoch_batches(train, cfg, epoch, rank=_rank_world()[0])
-    train_loss = _train_epoch(job.task, job.model, job.optimizer, batches, job.device, job.scaler)
-    val_batches = val.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
+    start = time.perf_counter()
+    stats = train_epoch(job.task, job.model, job.optimizer, batches, job.device, job.amp)
+    ahead = _FetchAhead(_batches(cfg, epoch + 1)) if epoch + 1 < cfg.epochs else None
+    val_start = time.perf_counter()
+    val_batches = iter_split(cfg, "val", cfg.batch_size)
     outputs, first = evaluate(job.task, job.model, val_batches, job.device)
     scores = {f"val_{k}": v for k, v in job.task.metrics(outputs).items() if _scalar(v)}
     scores["val_n"] = len(outputs["patient_id"])  # rows evaluated: the whole split
@@ -239,16 +208,16 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
     score = -math.inf if math.isnan(score) else score
     if score > loop["best"] or best.model is None:
         loop.update(best=score, best_epoch=epoch, stale=0, best_scores=scores)
-        best.model = copy.deepcopy(_unwrap(job.model).state_dict())
+        best.model = copy.deepcopy(unwrap(job.model).state_dict())
         best.val = _val_record(job, outputs, first)
     else:
         loop["stale"] += 1
-    _step(job.scheduler, score)
+    step_scheduler(job.scheduler, score)
     loop["epoch"] = epoch + 1
-    sums = _checksums(job.model)
+    sums = checksums(job.model)
     metrics = {
         "epoch": epoch + 1,
-        "train_loss": train_loss,
+        "train_loss": stats["train_loss"],
         **scores,
         "best_epoch": loop["best_epoch"] + 1,
         f"best_{cfg.metric}": loop["best"],
@@ -258,9 +227,46 @@ def _epoch(job: _Job, loop: dict[str, Any], best: Best, epoch: int) -> dict[str,
         "param_checksums": sums,
         "ranks_in_sync": len(set(sums)) == 1,
         "completed": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs,
+        **_timings(stats, start, val_start),
     }
     loop["history"].append({k: v for k, v in metrics.items() if _scalar(v)})
-    return metrics
+    return metrics, ahead
+
+
+def _batches(cfg: TrainConfig, epoch: int):
+    return epoch_batches(ray.train.get_dataset_shard("train"), cfg, epoch, rank_world()[0])
+
+
+def _timings(stats: dict[str, Any], start: float, val_start: float) -> dict[str, float]:
+    """Where an epoch's time went: the wait for its first batch, training, validation."""
+    now = time.perf_counter()
+    return {
+        "epoch_s": now - start,
+        "epoch_train_s": stats["train_s"],
+        "epoch_eval_s": now - val_start,
+        "train_images_per_s": stats["train_images_per_s"],
+        "epoch_first_batch_s": stats.get("first_batch_s", math.nan),
+        "epoch_first_step_s": stats.get("first_step_s", math.nan),
+    }
+
+
+def _startup(marks: dict[str, float], metrics: dict[str, Any]) -> dict[str, float]:
+    """Start-up of this attempt, from ``started`` (the trial or job began; see ``trainer_for``)
+    to the end of the first optimiser step, by stage: the datasets planned (validation decoded),
+    on to this function (Train controller, worker group, process group, imports), model build,
+    checkpoint restore, the first batch (pipeline start and shuffle buffer), the first step."""
+    out = {
+        "startup_model_s": marks["built"] - marks["entry"],
+        "startup_restore_s": marks["restored"] - marks["built"],
+        "startup_first_batch_s": metrics["epoch_first_batch_s"],
+        "startup_first_step_s": metrics["epoch_first_step_s"] - metrics["epoch_first_batch_s"],
+    }
+    if "started" in marks:
+        out["startup_datasets_s"] = marks["planned"] - marks["started"]
+        out["startup_to_worker_s"] = marks["entry"] - marks["planned"]
+        first_step = marks["epoch"] + metrics["epoch_first_step_s"]
+        out["first_step_s"] = first_step - marks["started"]
+    return out
 
 
 def _val_record(job: _Job, outputs: dict[str, Any], first: Any) -> dict[str, Any] | None:
@@ -272,22 +278,35 @@ def _val_record(job: _Job, outputs: dict[str, Any], first: Any) -> dict[str, Any
     if first is not None:
         rows = {k: v[:PREVIEW_ROWS] for k, v in first.items()}
         with torch.no_grad():  # the unwrapped model: rank 0 alone runs this forward
-            preview = job.task.preview(_unwrap(job.model), collate(rows, job.device))
+            preview = job.task.preview(unwrap(job.model), collate(rows, job.device))
     return _tensors({"outputs": keep, "preview": preview})
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train loop (Train V2): one call per worker."""
+    marks = {"entry": time.time()}
     config = dict(config)
     class_weights = config.pop("_class_weights", None)
+    marks |= config.pop(STARTUP_KEY, None) or {}
     cfg = TrainConfig.from_dict(config)
     ray.data.DataContext.get_current().enable_progress_bars = False  # iteration bars, per epoch
+    state, best = _load_checkpoint()
+    start_epoch = state["epoch"] if state else 0
+    ahead = _FetchAhead(_batches(cfg, start_epoch)) if start_epoch < cfg.epochs else None
     torch.manual_seed(cfg.seed)
     job = _Job.build(cfg, class_weights)
-    loop, best = _restore(job.model, job.optimizer, job.scheduler, job.scaler)
-    replay = len(loop["starts"]) > 1
+    marks["built"] = time.time()
+    loop = _resume(job, state)
+    marks["restored"] = time.time()
+    replay, first = len(loop["starts"]) > 1, True
+    if replay:  # the stamps are the job's first attempt's: no start-up figure against them
+        marks.pop("started", None)
     for epoch in range(loop["epoch"], cfg.epochs):
-        metrics = _epoch(job, loop, best, epoch)
+        epoch_start = time.time()
+        metrics, ahead = _epoch(job, loop, best, epoch, ahead)
+        if first:  # this attempt's start-up, reported with its first epoch
+            metrics |= _startup(marks | {"epoch": epoch_start}, metrics)
+            first = False
         if replay:  # a restarted run re-sends the epochs before it: their reports may be lost
             metrics["history"], replay = list(loop["history"]), False
         _report(metrics, loop, job, best)
@@ -299,22 +318,15 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _step(scheduler, score: float) -> None:
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(score if math.isfinite(score) else 0.0)
-    elif scheduler is not None:
-        scheduler.step()
-
-
 def _report(metrics: dict[str, Any], loop: dict[str, Any], job: _Job, best: Best) -> None:
     """Report once per epoch; only rank 0 writes the checkpoint."""
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    optional = {"scheduler": job.scheduler, "scaler": job.scaler}
+    optional = {"scheduler": job.scheduler, "scaler": job.amp[1]}
     state = {
         **loop,
-        "model": _unwrap(job.model).state_dict(),
+        "model": unwrap(job.model).state_dict(),
         "optimizer": job.optimizer.state_dict(),
         **{k: v.state_dict() if v is not None else None for k, v in optional.items()},
     }
