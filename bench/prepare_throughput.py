@@ -1,15 +1,23 @@
 """Throughput of ``prepare`` on realistic-size mammograms, against a seed-style reference loop.
 
 Generates full-size synthetic CBIS-DDSM files (default 5000x3000 16-bit images plus their 8-bit
-masks), then measures on the same files:
-1. our per-image path (raw pixel read, downscale before CLAHE, area resize), one core;
-2. the study's style (pydicom ``.pixel_array`` -> float normalise -> full-resolution CLAHE -> resize
-   -> PNG), one core;
-3. the Ray Data pipeline end to end with 1 and with 2 workers (the same files listed several
-   times over, so that fixed start-up costs do not swamp the comparison).
-Prints the figures and ends with one JSON line. A benchmark, not a test: it asserts nothing.
+masks), then measures on the same files, for every output kind (whole image at 224 px, lesion crop
+at 224, segmentation crop at 512, detection image at 1024 on the long side; PrepareConfig's sizes):
+1. our per-image path (``convert_item``: raw pixel read, downscale before CLAHE, area resize) and
+   the study's style (pydicom ``.pixel_array`` -> float normalise -> full-resolution CLAHE -> crop
+   / resize -> PNG) making the same output, one core each;
+2. our path by stage: read (header parse, pixels deferred), decode (the pixel bytes read into the
+   array), mask box, crop/resize, CLAHE, encode, check (``check_files``: the other files an item
+   names, e.g. its lesion crop, are decoded too) and write (Parquet shards of the rows);
+3. this machine's sequential disk read, and from it and the per-core rates the time to prepare the
+   full CBIS-DDSM on one 16-core and one 64-core node, with what bounds it;
+4. for lesion crops: two plain processes, and the Ray Data pipeline end to end with 1 and with 2
+   workers (the same files listed several times over, so that start-up costs do not swamp it).
+Per-core figures are CPU seconds of this process (``time.process_time``), so that a busy machine
+does not inflate them; the disk and pipeline figures are wall-clock. Prints the figures and ends
+with one JSON line. A benchmark, not a test: it asserts nothing.
 
-    .venv/bin/python bench/prepare_throughput.py [--patients 6] [--size 5000 3000]
+    .venv/bin/python bench/prepare_throughput.py [--patients 6] [--size 5000 3000] [--images 640]
 """
 
 from __future__ import annotations
@@ -17,45 +25,189 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-import pydicom
+from common import repeated_catalog
+from prepare_stages import (
+    DEFAULT_KINDS,
+    FULL_IMAGES,
+    KINDS,
+    LESIONS,
+    READS,
+    STAGES,
+    kind_config,
+    stages,
+    write_seconds,
+)
 
 from data_pipeline.catalog import Catalog, build_catalog
-from data_pipeline.convert import prepare
-from data_pipeline.prepare_plan import PrepareConfig, plan_items
+from data_pipeline.convert import prepare, write_shard
+from data_pipeline.prepare_plan import PrepareConfig, plan_items, shard_specs
 from data_pipeline.samples import convert_item
 from data_pipeline.synth import SynthConfig, make_synthetic
 from orchestration.ray_cluster import init_ray
 
-
-def seed_style(image_path: Path, mask_path: Path, size: int = 224) -> bytes:
-    """The reference: what the study's notebooks do per image."""
-    image = pydicom.dcmread(image_path).pixel_array.astype(np.float32)
-    image = (image - image.min()) / max(float(image.max() - image.min()), 1.0)
-    mask = pydicom.dcmread(mask_path).pixel_array
-    ys, xs = np.nonzero(mask)
-    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
-    full = clahe.apply((image * 255).astype(np.uint8))
-    crop = full[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    return cv2.imencode(".png", cv2.resize(crop, (size, size)))[1].tobytes()
+FULL_GB = 163.6  # CBIS-DDSM's size
+CORES = (16, 64)
+FILE_STAGES = ("read", "decode", "check")  # getting pixels out of files, as against computing
+COUNTS = {"image": FULL_IMAGES, "mask": LESIONS, "crop": LESIONS}  # CBIS-DDSM's files by type
 
 
-def per_core(items: list[dict], root: Path, cfg: PrepareConfig) -> tuple[float, float]:
-    """Images/s of our path and of the seed-style loop, each on one core, same files."""
-    start = time.perf_counter()
+def _cpu_per_item(step: Callable[[dict], Any], items: list[dict]) -> float:
+    start = time.process_time()
     for item in items:
-        convert_item(item, root, cfg)
-    ours = len(items) / (time.perf_counter() - start)
+        step(item)
+    return (time.process_time() - start) / len(items)
+
+
+def measure_kind(kind: str, catalog: Catalog, scratch: Path) -> dict[str, Any]:
+    """CPU seconds per item of ours, the seed style, our stages and ``write_shard``, one core."""
+    cfg, root, seed = kind_config(kind), catalog.root, KINDS[kind][2]
+    items = plan_items(catalog, cfg, cfg.tasks[0])
+    warm = convert_item(items[0], root, cfg), seed(items[0], root, cfg), stages(items[0], root, cfg)
+    write_seconds([warm[0]], cfg, scratch / f"{kind}-warm-up")  # first calls cost extra
+    rows: list[dict] = []
+    ours = _cpu_per_item(lambda item: rows.append(convert_item(item, root, cfg)), items)
+    reference = _cpu_per_item(lambda item: seed(item, root, cfg), items)
+    timed = [stages(item, root, cfg)[0] for item in items]
+    mean = {stage: sum(t[stage] for t in timed) / len(items) for stage in STAGES}
+    mean["write"] = write_seconds(rows, cfg, scratch / f"{kind}-rows") / len(items)
+    specs = shard_specs(items, cfg.tasks[0], cfg.shard_size)
+    out, config = str(scratch / f"{kind}-shards"), asdict(cfg)
+    shard = _cpu_per_item(lambda spec: write_shard(spec, str(root), out, config), specs)
+    return {
+        "items": len(items),
+        "ours_s": ours,
+        "seed_s": reference,
+        "stages_s": mean,
+        "write_shard_s": shard * len(specs) / len(items),
+    }
+
+
+def byte_shares(catalog: Catalog) -> dict[str, float]:
+    """The share of CBIS-DDSM's bytes in its images, masks and crops, if their sizes relate as
+    the synthetic files' do (mean bytes per type times the real counts)."""
+    files = {
+        "image": {i.image_file for i in catalog.images},
+        "mask": {a.mask_file for a in catalog.abnormalities},
+        "crop": {a.crop_file for a in catalog.abnormalities},
+    }
+    mean = {
+        t: np.mean([(catalog.root / f).stat().st_size for f in fs if f]) for t, fs in files.items()
+    }
+    total = sum(COUNTS[t] * mean[t] for t in COUNTS)
+    return {t: float(COUNTS[t] * mean[t] / total) for t in COUNTS}
+
+
+def _read_mb_s(files: list[Path]) -> float:
+    buffer, total = bytearray(8 << 20), 0
     start = time.perf_counter()
-    for item in items:
-        seed_style(root / item["image_file"], root / item["mask_files"][0])
-    return ours, len(items) / (time.perf_counter() - start)
+    for path in files:
+        with open(path, "rb", buffering=0) as file:
+            while got := file.readinto(buffer):
+                total += got
+    return total / 1e6 / (time.perf_counter() - start)
+
+
+def disk_read_mb_s(files: list[Path]) -> tuple[float, float]:
+    """Sequential read MB/s of ``files`` with their cached pages dropped first (written back with
+    fsync, then POSIX_FADV_DONTNEED, which needs no root), and again from the page cache."""
+    for path in files:
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return _read_mb_s(files), _read_mb_s(files)
+
+
+def extrapolate(kinds: dict[str, dict], disk_mb_s: float, shares: dict[str, float]) -> dict:
+    """Minutes for the full CBIS-DDSM per kind: CPU at each of ``CORES`` (per-core rate times
+    items, over cores) and disk (the share of the bytes a kind reads, at ``disk_mb_s``)."""
+    out = {}
+    for kind, m in kinds.items():
+        files, gb = KINDS[kind][3], FULL_GB * sum(shares[t] for t in READS[kind])
+        out[kind] = {
+            "items": files,
+            "ms_per_image_core": 1e3 * m["write_shard_s"],
+            "disk_gb": gb,
+            "disk_minutes": gb * 1e3 / disk_mb_s / 60,
+            **{f"cpu_minutes_{c}_cores": files * m["write_shard_s"] / c / 60 for c in CORES},
+        }
+    return out
+
+
+def bounds(ext: dict[str, dict], kinds: dict[str, dict]) -> dict[str, Any]:
+    """The default ``prepare`` (``DEFAULT_KINDS``) at each of ``CORES``: minutes and bound."""
+    disk = sum(ext[k]["disk_minutes"] for k in DEFAULT_KINDS)
+    weights = {k: ext[k]["items"] for k in DEFAULT_KINDS}
+    in_files = sum(weights[k] * kinds[k]["stages_s"][s] for k in weights for s in FILE_STAGES)
+    total = sum(weights[k] * sum(kinds[k]["stages_s"].values()) for k in weights)
+    out: dict[str, Any] = {"file_stage_share": in_files / total, "disk_minutes": disk}
+    for c in CORES:
+        cpu = sum(ext[k][f"cpu_minutes_{c}_cores"] for k in DEFAULT_KINDS)
+        out[f"cpu_minutes_{c}_cores"] = cpu
+        out[f"full_dataset_minutes_{c}_cores"] = max(cpu, disk)
+        cpu_bound = "decode" if in_files / total > 0.5 else "cores"
+        out[f"bound_{c}"] = "disk" if disk >= cpu else cpu_bound
+    return out
+
+
+def print_kind(kind: str, m: dict[str, Any]) -> None:
+    """One kind's per-core figures and stages, in ms per image."""
+    ms = {stage: 1e3 * s for stage, s in m["stages_s"].items()}
+    convert = sum(ms[s] for s in STAGES[:6])
+    print(
+        f"{KINDS[kind][4]} ({m['items']}): ours {1e3 * m['ours_s']:.1f} ms/image "
+        f"({1 / m['ours_s']:.1f}/s), seed-style {1e3 * m['seed_s']:.1f} ms/image "
+        f"({1 / m['seed_s']:.2f}/s), ratio {m['seed_s'] / m['ours_s']:.1f}x"
+    )
+    parts = " + ".join(f"{s} {ms[s]:.2f}" for s in STAGES[:6])
+    print(f"  stages, ms: {parts} = {convert:.1f} (convert_item {1e3 * m['ours_s']:.1f})")
+    print(
+        f"  + check {ms['check']:.2f} + write {ms['write']:.2f} = {sum(ms.values()):.1f} "
+        f"(write_shard {1e3 * m['write_shard_s']:.1f} per image)"
+    )
+
+
+def print_extrapolation(ext: dict, full: dict[str, Any], disk_mb_s: float, shares: dict) -> None:
+    """The arithmetic from per-core rates and disk bandwidth to the full CBIS-DDSM."""
+    files = FULL_IMAGES + 2 * LESIONS
+    split = ", ".join(f"{t}s {share:.1%}" for t, share in shares.items())
+    print(
+        f"full CBIS-DDSM: {FULL_IMAGES:,} full images, {LESIONS:,} masks and {LESIONS:,} crops = "
+        f"{files:,} files, {FULL_GB} GB = {FULL_GB * 1e3 / files:.1f} MB per file on average; "
+        f"its bytes split as the synthetic files' sizes do: {split}"
+    )
+    for kind, e in ext.items():
+        what, rate = KINDS[kind][4], e["ms_per_image_core"] / 1e3
+        cpu = ", ".join(f"/ {c} cores = {e[f'cpu_minutes_{c}_cores']:.2f} min" for c in CORES)
+        print(f"  {e['items']:,} {what} x {rate:.4f} s/image/core {cpu}")
+        print(
+            f"    disk: {' + '.join(READS[kind])} = {e['disk_gb'] / FULL_GB:.1%} of {FULL_GB} GB "
+            f"= {e['disk_gb']:.1f} GB / {disk_mb_s:.0f} MB/s = {e['disk_minutes']:.2f} min"
+        )
+    print(
+        f"default prepare ({' + '.join(DEFAULT_KINDS)}; {full['file_stage_share']:.0%} of its CPU "
+        f"time goes to getting pixels out of files: read, decode, check):"
+    )
+    for c in CORES:
+        print(
+            f"  {c} cores: CPU {full[f'cpu_minutes_{c}_cores']:.2f} min, disk "
+            f"{full['disk_minutes']:.2f} min -> {full[f'full_dataset_minutes_{c}_cores']:.2f} "
+            f"min, bound by {full[f'bound_{c}']}"
+        )
+    print(
+        "  assumes: the per-core rate scales linearly with cores (no shared memory-bandwidth "
+        "limit), each task reads its files from disk once (163.6 GB does not stay in the page "
+        "cache from one task to the next) and the synthetic files stand for the real ones"
+    )
 
 
 def _convert_all(args: tuple[list[dict], Path, PrepareConfig]) -> None:
@@ -78,12 +230,6 @@ def plain_processes(items: list[dict], root: Path, cfg: PrepareConfig) -> float:
     return 2 * one / two
 
 
-def repeated(catalog: Catalog, times: int) -> Catalog:
-    """The same files listed ``times`` over under new keys: a bigger workload, same inputs."""
-    abns = [replace(a, key=f"{a.key}-r{i}") for i in range(times) for a in catalog.abnormalities]
-    return replace(catalog, abnormalities=abns)
-
-
 def pipeline(catalog: Catalog, cfg: PrepareConfig, workers: int) -> float:
     """Images/s of the whole Ray Data pipeline with ``workers`` parallel tasks."""
     n = len(plan_items(catalog, cfg, "classification"))
@@ -93,42 +239,85 @@ def pipeline(catalog: Catalog, cfg: PrepareConfig, workers: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def result_line(kinds: dict[str, dict], ext: dict[str, dict], full: dict[str, Any]) -> dict:
+    """The JSON figures: ``images_per_s``, ``ratio``... without a suffix are the lesion crop's."""
+    out: dict[str, Any] = {}
+    for kind, m in kinds.items():
+        suffix = "" if kind == "lesion" else f"_{kind}"
+        out[f"images_per_s{suffix}"] = _sig(1 / m["ours_s"])
+        out[f"reference_images_per_s{suffix}"] = _sig(1 / m["seed_s"])
+        out[f"ratio{suffix}"] = round(m["seed_s"] / m["ours_s"], 2)
+    out["convert_item_ms"] = {k: _sig(1e3 * m["ours_s"]) for k, m in kinds.items()}
+    out["write_shard_ms"] = {k: _sig(1e3 * m["write_shard_s"]) for k, m in kinds.items()}
+    out["stages_ms"] = {
+        k: {stage: _sig(1e3 * s) for stage, s in m["stages_s"].items()} for k, m in kinds.items()
+    }
+    out["extrapolation"] = {
+        k: {name: v if isinstance(v, int) else _sig(v) for name, v in e.items()}
+        for k, e in ext.items()
+    }
+    return out | {k: v if isinstance(v, str) else _sig(v) for k, v in full.items()}
+
+
+def per_core_figures(catalog: Catalog, scratch: Path) -> dict[str, Any]:
+    """Every kind on one core, the disk, the extrapolation: printed, and returned as JSON."""
+    kinds = {kind: measure_kind(kind, catalog, scratch) for kind in KINDS}
+    for kind, m in kinds.items():
+        print_kind(kind, m)
+    files = sorted(catalog.root.rglob("*.dcm"))
+    size = sum(path.stat().st_size for path in files)
+    disk, cached = disk_read_mb_s(files)
+    print(
+        f"disk: {size / 1e6:.0f} MB read sequentially at {disk:.0f} MB/s after fsync and "
+        f"POSIX_FADV_DONTNEED per file; {cached:.0f} MB/s again from the page cache"
+    )
+    shares = byte_shares(catalog)
+    ext = extrapolate(kinds, disk, shares)
+    full = bounds(ext, kinds)
+    print_extrapolation(ext, full, disk, shares)
+    figures = result_line(kinds, ext, full) | {
+        "byte_shares": {t: _sig(v) for t, v in shares.items()}
+    }
+    return figures | {"disk_read_mb_per_s": _sig(disk), "page_cache_read_mb_per_s": _sig(cached)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=6)
-    parser.add_argument("--images", type=int, default=1280, help="Pipeline workload.")
+    parser.add_argument("--images", type=int, default=640, help="Pipeline workload.")
     parser.add_argument("--size", type=int, nargs=2, default=(5000, 3000))
     args = parser.parse_args()
     cv2.setNumThreads(1)  # one core per worker, as the per-core target says
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        data = make_synthetic(Path(tmp), SynthConfig(patients=args.patients, size=tuple(args.size)))
+        synth = SynthConfig(patients=args.patients, size=tuple(args.size))
+        data = make_synthetic(Path(tmp) / "data", synth)
         catalog = build_catalog(data)
-        cfg = PrepareConfig(tasks=("classification",))  # default shard size (64 images)
-        items = plan_items(catalog, cfg, "classification")
+        files = list(data.rglob("*.dcm"))
+        size = sum(path.stat().st_size for path in files)
         print(
-            f"{len(items)} images of {args.size[0]}x{args.size[1]} written in "
+            f"{len(files)} files ({size / 1e6:.0f} MB, {size / 1e6 / len(files):.1f} MB each), "
+            f"full images {args.size[0]}x{args.size[1]}, written in "
             f"{time.perf_counter() - t0:.0f} s"
         )
-        ours, reference = per_core(items, data, cfg)
-        print(
-            f"per core: ours {ours:.1f} images/s, seed-style {reference:.1f} images/s, "
-            f"ratio {ours / reference:.1f}x"
-        )
+        result = per_core_figures(catalog, Path(tmp) / "out")
+        cfg = kind_config("lesion")
+        items = plan_items(catalog, cfg, "classification")
         ceiling = plain_processes(items, data, cfg)
         print(f"two plain processes on the same work: {ceiling:.2f}x (this machine's ceiling)")
         init_ray(num_cpus=4)
         pipeline(catalog, cfg, 2)  # warm-up: Ray worker processes start once
-        big = repeated(catalog, max(1, args.images // len(items)))
+        big = repeated_catalog(catalog, max(1, args.images // len(items)))
         one, two = (pipeline(big, cfg, workers) for workers in (1, 2))
         print(
-            f"Ray Data pipeline: 1 worker {one:.1f} images/s, 2 workers {two:.1f} images/s "
-            f"({two / one:.2f}x)"
+            f"Ray Data pipeline, lesion crops: 1 worker {one:.1f} images/s, 2 workers "
+            f"{two:.1f} images/s ({two / one:.2f}x)"
         )
-    result = {
-        "images_per_s": round(ours, 2),
-        "reference_images_per_s": round(reference, 2),
-        "ratio": round(ours / reference, 2),
+    result |= {
         "pipeline_1_worker_images_per_s": round(one, 2),
         "pipeline_2_workers_images_per_s": round(two, 2),
         "scaling": round(two / one, 2),

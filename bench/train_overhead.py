@@ -13,7 +13,6 @@ steady-state training images/s of each (median over the epochs after the first) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import prepared_classification
+from common import prepared_classification, training_parser
 
 
 def plain(cfg, epochs: int, threads: int) -> list[float]:
@@ -79,16 +78,10 @@ def through_train(cfg, storage: str) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--patients", type=int, default=60)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--model", default="mobilenetv2")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = training_parser(__doc__, patients=60, size=64, epochs=4)
     parser.add_argument("--cpus-per-worker", type=int, default=1)
     args = parser.parse_args()
 
-    from orchestration.ray_cluster import init_ray
     from orchestration.train.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +96,6 @@ def main() -> None:
             patience=args.epochs,
         )
         cfg = replace(cfg.with_manifest(), balance="none")
-        init_ray()
         records = through_train(cfg, str(root / "storage"))
         ours = [r["train_images_per_s"] for r in records]
         bare = plain(cfg, args.epochs, args.cpus_per_worker)

@@ -16,7 +16,6 @@ line; ``ratio`` = trial / bare. A benchmark, not a test: it asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import prepared_classification
+from common import prepared_classification, training_parser
 
 STARTUP_KEYS = (
     "startup_datasets_s",
@@ -109,21 +108,15 @@ def _at_step(client, run_id: str, key: str, step: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--patients", type=int, default=40)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--model", default="mobilenetv2")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = training_parser(__doc__, patients=40, size=32)
     parser.add_argument("--repeats", type=int, default=2, help="runs of bare and train each")
     args = parser.parse_args()
 
-    from orchestration.ray_cluster import init_ray
     from orchestration.train.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = prepared_classification(root, args.patients, args.size, shard_size=16)
-        init_ray()
         cfg = TrainConfig(model=args.model, data=str(data), epochs=2, batch_size=args.batch_size)
         cfg = cfg.with_manifest()
         storage = str(root / "storage")

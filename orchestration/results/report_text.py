@@ -124,6 +124,9 @@ def benchmark_text(result: dict[str, Any], report: Path, settings: Any) -> str:
         f"report:      {report}",
         f"MLflow UI:   mammobench --tracking-uri {settings.tracking_uri} ui   (or: make ui)",
     ]
+    if result.get("timings"):
+        spent = ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in result["timings"].items())
+        lines.append(f"time:        {spent}")
     if result["failed"]:
         lines.append(f"failed sweeps: {', '.join(result['failed'])} (see the notes above)")
     return "\n".join(lines)

@@ -201,6 +201,10 @@ class SweepRun:
         _log_params(self.client, self.run_id, flatten(params))
         self.client.log_text(self.run_id, yaml.safe_dump(document, sort_keys=False), file)
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Figures of the whole run (step 0)."""
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+
     def tag(self, tags: dict[str, str]) -> None:
         """Set tags on the parent run."""
         for key, value in tags.items():
@@ -237,17 +241,19 @@ class SweepRun:
         status: str = "FINISHED",
         figures: dict[str, Figure] | None = None,
     ) -> None:
-        """Best trial's params and test metrics and the sweep's ``figures``; then end the run."""
+        """Best trial's params, test metrics, usage and stage timings (``time_<stage>_s``) and the
+        sweep's ``figures``; then end the run."""
         best = summary.get("best") or {}
         _log_params(self.client, self.run_id, flatten(best.get("params", {}), "best."))
         metrics = (
             scalar_metrics(best.get("test", {}), "test_")
             | scalar_metrics(best.get("val", {}), "val_")
             | scalar_metrics(summary.get("usage", {}))
+            | scalar_metrics(summary.get("timings", {}), "time_")
         )
         if best.get("trial_id"):
             self.client.set_tag(self.run_id, BEST_TAG, best["trial_id"])
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+        self.log_metrics(metrics)
         for path, figure in (figures or {}).items():
             self.client.log_figure(self.run_id, figure, path)
         self.client.set_terminated(self.run_id, status)

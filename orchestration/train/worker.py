@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import resource
 import tempfile
 import threading
 import time
@@ -238,7 +239,8 @@ def _batches(cfg: TrainConfig, epoch: int):
 
 
 def _timings(stats: dict[str, Any], start: float, val_start: float) -> dict[str, float]:
-    """Where an epoch's time went: the wait for its first batch, training, validation."""
+    """Where an epoch's time went: the wait for its first batch, training, validation; and
+    the worker's peak memory so far."""
     now = time.perf_counter()
     return {
         "epoch_s": now - start,
@@ -247,6 +249,8 @@ def _timings(stats: dict[str, Any], start: float, val_start: float) -> dict[str,
         "train_images_per_s": stats["train_images_per_s"],
         "epoch_first_batch_s": stats.get("first_batch_s", math.nan),
         "epoch_first_step_s": stats.get("first_step_s", math.nan),
+        # this worker process's peak resident memory so far (Linux reports KiB)
+        "epoch_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

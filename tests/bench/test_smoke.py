@@ -6,32 +6,18 @@ stage of start-up never longer than the whole), not how fast anything is.
 
 from __future__ import annotations
 
-import json
-import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-WITHOUT_RAY = (  # a GPU machine may have neither: the step functions must not need them
-    "import sys, runpy; sys.modules['ray'] = sys.modules['mlflow'] = None; "
-    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
+from tests.bench.bench_run import REPO, WITHOUT_RAY, last_json, run_in_process
 
 
-def last_json(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
-
-
-def run_in_process(script: str, args: list[str], capsys, monkeypatch) -> dict:
-    """Run a bench script here (on the session's Ray cluster), as ``python bench/SCRIPT`` would
-    (its folder on ``sys.path``), and parse its JSON line."""
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    runpy.run_path(str(REPO / "bench" / script), run_name="__main__")
-    return last_json(capsys.readouterr().out)
+def measured_ratio(result: dict, top: str, bottom: str) -> float:
+    """``top`` / ``bottom`` of a JSON line, both measured (above 0)."""
+    assert result[top] > 0 and result[bottom] > 0, (top, bottom)
+    return result[top] / result[bottom]
 
 
 def test_gpu_check_runs_without_ray_or_mlflow() -> None:
@@ -68,7 +54,56 @@ def test_trial_startup_reports_each_stage(ray_local, capsys, monkeypatch) -> Non
 def test_train_overhead_measures_both_loops(ray_local, capsys, monkeypatch) -> None:
     args = ["--patients", "16", "--size", "32", "--epochs", "2", "--batch-size", "8"]
     result = run_in_process("train_overhead.py", args, capsys, monkeypatch)
-    assert result["plain_images_per_s"] > 0 and result["train_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(
-        result["train_images_per_s"] / result["plain_images_per_s"], rel=0.01
+        measured_ratio(result, "train_images_per_s", "plain_images_per_s"), rel=0.01
     )
+
+
+@pytest.mark.slow
+def test_tracking_overhead_times_both_and_the_mlflow_calls(ray_local, capsys, monkeypatch) -> None:
+    args = ["--patients", "16", "--size", "32", "--epochs", "2", "--repeats", "1"]
+    result = run_in_process("tracking_overhead.py", args, capsys, monkeypatch)
+    assert result["ratio"] == pytest.approx(
+        measured_ratio(result, "tracked_epoch_s", "plain_epoch_s"), abs=0.01
+    )
+    calls = result["mlflow_calls_by_method_s"]  # the tracker's own client was timed
+    assert calls["log_batch"] > 0 and calls["create_run"] > 0 and calls["set_terminated"] > 0
+    assert 0 < result["mlflow_log_batch_s_per_epoch"] * 2 <= result["mlflow_s_per_trial"]
+
+
+@pytest.mark.slow
+def test_sweep_efficiency_runs_the_same_trials_twice(ray_local, capsys, monkeypatch) -> None:
+    """One trial at a time, so that a trial ASHA stopped is followed by another (with actor
+    reuse, that next trial errored and the sweep hung)."""
+    args = ["--patients", "16", "--size", "32", "--epochs", "2", "--lrs", "1e-4", "3e-2"]
+    args += ["--optimizers", "adam", "adamw", "--max-concurrent", "1"]
+    result = run_in_process("sweep_efficiency.py", args, capsys, monkeypatch)
+    assert result["trials"] == 4 and result["errored_trials"] == 0
+    assert result["fifo_epochs"] == 8  # FIFO runs every trial to the end
+    assert 4 <= result["asha_epochs"] <= 8
+    assert result["ratio"] == pytest.approx(result["asha_epochs"] / 8, abs=0.001)
+    for key in ("asha_best_val_auc", "fifo_best_val_auc"):
+        assert 0 <= result[key] <= 1
+
+
+@pytest.mark.slow
+def test_demo_time_breaks_a_benchmark_down(tmp_path, capsys, monkeypatch) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "synth: {patients: 8, seed: 0}\n"
+        "parallel_sweeps: 1\n"
+        "prepare: {cls_size: 32, seg_size: 32, det_size: 64, shard_size: 16}\n"
+        "defaults: {samples: 1, max_epochs: 2, scheduler: fifo,"
+        " fix: {lr: 1.0e-3, batch_size: 8}, train: {bootstrap: 0}}\n"
+        "runs:\n  - {model: mobilenetv2, task: classification, settings: [scratch]}\n"
+    )
+    args = ["--config", str(config), "--home", str(tmp_path / "home")]
+    result = run_in_process("demo_time.py", args, capsys, monkeypatch)
+    assert result["sweeps"] == 1 and result["sweeps_trials"] == 1 and result["sweeps_epochs"] == 2
+    stages = ("synth", "prepare", "sweeps", "leaderboard")
+    assert all(result[f"stage_{s}_s"] > 0 for s in stages)
+    assert sum(result[f"stage_{s}_s"] for s in stages) <= result["wall_s"]
+    assert result["sweeps_tune_s"] <= result["sweeps_wall_s"] <= result["stage_sweeps_s"] + 1
+    # the first step is in both start-up and the first epoch
+    assert result["sweeps_startup_s"] + result["sweeps_epochs_s"] <= result["sweeps_tune_s"] + 1
+    assert result["sweeps_test_s"] > 0 and result["sweeps_register_s"] > 0

@@ -6,7 +6,6 @@ from ``init_ray``), and the listening sockets are read from the kernel through p
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import socket
@@ -19,10 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
-
-psutil = importlib.import_module("psutil")  # vendored by Ray: importable once ray is imported
 
 MAMMOBENCH = Path(sys.executable).parent / "mammobench"
 

@@ -49,14 +49,17 @@ def _history(client: MlflowClient, run, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
-def _kill_train_worker(storage: Path, killed: list[int], deadline: float) -> None:
-    """SIGKILL the trial's Train worker once its run has a checkpoint (it is then in epoch 2)."""
+def _kill_train_worker(storage: Path, address: str, killed: list[int], deadline: float) -> None:
+    """SIGKILL the trial's Train worker once its run has a checkpoint (it is then in epoch 2).
+
+    The cluster is named: with another Ray instance on the machine, the state API refuses to pick
+    one ("Found multiple active Ray instances")."""
     from ray.util.state import list_actors
 
     while time.monotonic() < deadline:
         if any(storage.glob("worker-kill-*/checkpoint_manager_snapshot.json")):
             alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-            for actor in list_actors(filters=alive):
+            for actor in list_actors(address=address, filters=alive):
                 os.kill(actor.pid, signal.SIGKILL)
                 killed.append(actor.pid)
             if killed:
@@ -83,7 +86,8 @@ def test_killed_train_worker_resumes_from_its_checkpoint(
     )
     killed: list[int] = []
     killer = threading.Thread(
-        target=_kill_train_worker, args=(tmp_path / "rr", killed, time.monotonic() + 300)
+        target=_kill_train_worker,
+        args=(tmp_path / "rr", ray_local, killed, time.monotonic() + 300),
     )
     killer.start()
     summary = run_sweep(sweep, settings)

@@ -1,0 +1,129 @@
+"""Sweep efficiency: an ASHA sweep beside the same trials run to completion (FIFO), in one run.
+
+On a prepared synthetic set, one grid of trials (learning rates x optimisers, from scratch: the
+same trials in both) is swept twice through ``run_sweep``, as ``mammobench tune`` runs it: once
+with the project's ASHA scheduler (grace 1 epoch, reduction factor 2) and once with FIFO, every
+trial to ``--epochs``. Reports each sweep's best validation AUC (the best epoch of its best
+trial), the epochs it spent and its wall time. Ends with one JSON line; ``ratio`` =
+ASHA's epochs / FIFO's. A benchmark, not a test: it asserts nothing.
+
+    .venv/bin/python bench/sweep_efficiency.py [--patients 60] [--size 32] [--epochs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import prepared_classification, training_parser
+
+LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+OPTIMIZERS = ["adam", "adamw"]
+
+
+def write_space(path: Path, lrs: list[float], optimizers: list[str]) -> Path:
+    """A grid space file: every (lr, optimizer) pair is one trial, from scratch."""
+    params = {
+        "pretrained": {"value": False},
+        "lr": {"grid": lrs},
+        "optimizer": {"grid": optimizers},
+    }
+    path.write_text(yaml.safe_dump({"task": "classification", "params": params}))
+    return path
+
+
+def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, home: Path) -> dict:
+    """One sweep through ``run_sweep``; its trials' epochs and best validation AUC."""
+    from orchestration.settings import Settings
+    from orchestration.sweep_config import SweepConfig
+    from orchestration.tune import run_sweep
+
+    home.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        home=home,
+        tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        storage=str(home / "ray_results"),
+        address=None,
+    )
+    config = SweepConfig(
+        model=args.model,
+        data=str(data),
+        space=str(space),
+        max_epochs=args.epochs,
+        scheduler=scheduler,
+        name=f"efficiency-{scheduler}",
+        max_concurrent=args.max_concurrent,
+        train={"bootstrap": 0, "batch_size": args.batch_size},
+    )
+    start = time.perf_counter()
+    summary = run_sweep(config, settings)
+    wall = time.perf_counter() - start
+    trials = summary["trials"]
+    return {
+        "best_val_auc": max(t["best_val_auc"] or 0.0 for t in trials),
+        "epochs": sum(t["epochs"] or 0 for t in trials),
+        "trials": len(trials),
+        "stopped_early": sum(t["stopped_early"] for t in trials),
+        "errors": sum(t["status"] == "ERROR" for t in trials),
+        "wall_s": wall,
+        "curves": _curves(settings.tracking_uri, summary["parent_run_id"]),
+    }
+
+
+def _curves(uri: str, parent: str) -> list[list[float]]:
+    """Every trial's validation AUC by epoch, from MLflow."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent}'")
+    curves = []
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val_auc")
+        curves.append([m.value for m in sorted(history, key=lambda m: m.step)])
+    return curves
+
+
+def main() -> None:
+    parser = training_parser(__doc__, patients=60, size=32, epochs=8)
+    parser.add_argument("--lrs", type=float, nargs="+", default=LRS)
+    parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
+    parser.add_argument("--max-concurrent", type=int, help="trials at once [default: what fits]")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = prepared_classification(root, args.patients, args.size, shard_size=16)
+        space = write_space(root / "grid.yaml", args.lrs, args.optimizers)
+        runs = {s: sweep(s, args, data, space, root / s) for s in ("asha", "fifo")}
+    result = _result(runs["asha"], runs["fifo"])
+    for key, value in result.items():
+        print(f"{key:>26}: {value}")
+    print(json.dumps(result))
+
+
+def _result(asha: dict[str, Any], fifo: dict[str, Any]) -> dict[str, Any]:
+    best_curve = max(fifo["curves"], key=max)
+    return {
+        "trials": fifo["trials"],
+        "asha_best_val_auc": round(asha["best_val_auc"], 4),
+        "fifo_best_val_auc": round(fifo["best_val_auc"], 4),
+        "auc_gap": round(fifo["best_val_auc"] - asha["best_val_auc"], 4),
+        "asha_epochs": asha["epochs"],
+        "fifo_epochs": fifo["epochs"],
+        "asha_stopped_early": asha["stopped_early"],
+        "errored_trials": asha["errors"] + fifo["errors"],
+        "asha_wall_s": round(asha["wall_s"], 1),
+        "fifo_wall_s": round(fifo["wall_s"], 1),
+        "fifo_best_trial_epoch_of_best": best_curve.index(max(best_curve)) + 1,
+        "ratio": round(asha["epochs"] / fifo["epochs"], 3),
+    }
+
+
+if __name__ == "__main__":
+    main()
