@@ -160,6 +160,16 @@ def _scheduler(sweep: SweepConfig):
     )
 
 
+def _stops_early(sweep: SweepConfig) -> bool:
+    """Whether ASHA may stop a trial before its last epoch. Its actor is then not reused: the
+    stopped trial's ``TorchTrainer.fit()`` still runs in the actor's thread, Tune's reset fails
+    ("Could not re-use actor"), the next trial errors and the sweep hangs (seen). Otherwise
+    actors are reused (on a 2-CPU cluster, a new actor per trial hung instead)."""
+    return sweep.scheduler == "asha" and sweep.max_epochs > min(
+        sweep.grace_epochs, sweep.max_epochs
+    )
+
+
 def _search(sweep: SweepConfig):
     if sweep.search == "random":
         return None  # Tune's default: grid x random samples
@@ -193,10 +203,7 @@ def _tuner(
         search_alg=_search(sweep),
         num_samples=sweep.samples,
         max_concurrent_trials=concurrent,
-        # a trial actor is not reused: ASHA stops a trial while its TorchTrainer.fit() still
-        # runs in the actor's thread, Tune's reset then fails ("Could not re-use actor"), the
-        # next trial errors and the sweep stops polling a running trial (seen: a hang)
-        reuse_actors=False,
+        reuse_actors=not _stops_early(sweep),
     )
     failures = tune.FailureConfig(max_failures=sweep.max_failures)
     run_config = tune.RunConfig(

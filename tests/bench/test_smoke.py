@@ -90,18 +90,19 @@ def test_sweep_efficiency_runs_the_same_trials_twice(ray_local, capsys, monkeypa
 def test_demo_time_breaks_a_benchmark_down(tmp_path, capsys, monkeypatch) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        "synth: {patients: 8, seed: 0}\n"
+        "synth: {patients: 16, seed: 0}\n"
         "parallel_sweeps: 1\n"
-        "prepare: {cls_size: 32, seg_size: 32, det_size: 64, shard_size: 16}\n"
+        "prepare: {cls_size: 32, seg_size: 32, det_size: 64, shard_size: 16, val_fraction: 0.3}\n"
         "defaults: {samples: 1, max_epochs: 2, scheduler: fifo,"
-        " fix: {lr: 1.0e-3, batch_size: 8}, train: {bootstrap: 0}}\n"
+        " fix: {lr: 1.0e-3, batch_size: 8}, train: {bootstrap: 20}}\n"
         "runs:\n  - {model: mobilenetv2, task: classification, settings: [scratch]}\n"
     )
     args = ["--config", str(config), "--home", str(tmp_path / "home")]
     result = run_in_process("demo_time.py", args, capsys, monkeypatch)
     assert result["sweeps"] == 1 and result["sweeps_trials"] == 1 and result["sweeps_epochs"] == 2
     stages = ("synth", "prepare", "sweeps", "leaderboard")
-    assert all(result[f"stage_{s}_s"] > 0 for s in stages)
+    assert all(result[f"stage_{s}_s"] > 0 for s in stages[:3])  # the leaderboard may round to 0
+    assert result["stage_leaderboard_s"] >= 0
     assert sum(result[f"stage_{s}_s"] for s in stages) <= result["wall_s"]
     assert result["sweeps_tune_s"] <= result["sweeps_wall_s"] <= result["stage_sweeps_s"] + 1
     # the first step is in both start-up and the first epoch
