@@ -165,9 +165,7 @@ def _stops_early(sweep: SweepConfig) -> bool:
     stopped trial's ``TorchTrainer.fit()`` still runs in the actor's thread, Tune's reset fails
     ("Could not re-use actor"), the next trial errors and the sweep hangs (seen). Otherwise
     actors are reused (on a 2-CPU cluster, a new actor per trial hung instead)."""
-    return sweep.scheduler == "asha" and sweep.max_epochs > min(
-        sweep.grace_epochs, sweep.max_epochs
-    )
+    return sweep.scheduler == "asha" and sweep.max_epochs > sweep.grace_epochs
 
 
 def _search(sweep: SweepConfig):
