@@ -2,12 +2,13 @@
 
 On a prepared synthetic set, one grid of trials (learning rates x optimisers, from scratch: the
 same trials in both) is swept twice through ``run_sweep``, as ``mammobench tune`` runs it: once
-with the project's ASHA scheduler (grace 1 epoch, reduction factor 2) and once with FIFO, every
+with the project's ASHA scheduler (grace 1 epoch, reduction factor 4 unless given) and once with FIFO, every
 trial to ``--epochs``. Reports each sweep's best validation AUC (the best epoch of its best
 trial), the epochs it spent and its wall time. Ends with one JSON line; ``ratio`` =
 ASHA's epochs / FIFO's. A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/sweep_efficiency.py [--patients 60] [--size 32] [--epochs 8]
+        [--reduction-factor 4]
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from typing import Any
 import yaml
 from common import prepared_classification, training_parser
 
+from orchestration.sweep_config import SweepConfig
+
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 OPTIMIZERS = ["adam", "adamw"]
+REDUCTION = SweepConfig.__dataclass_fields__["reduction_factor"].default
 
 
 def write_space(path: Path, lrs: list[float], optimizers: list[str]) -> Path:
@@ -40,7 +44,6 @@ def write_space(path: Path, lrs: list[float], optimizers: list[str]) -> Path:
 def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, home: Path) -> dict:
     """One sweep through ``run_sweep``; its trials' epochs and best validation AUC."""
     from orchestration.settings import Settings
-    from orchestration.sweep_config import SweepConfig
     from orchestration.tune import run_sweep
 
     home.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,7 @@ def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, hom
         scheduler=scheduler,
         name=f"efficiency-{scheduler}",
         max_concurrent=args.max_concurrent,
+        reduction_factor=args.reduction_factor,
         train={"bootstrap": 0, "batch_size": args.batch_size},
     )
     start = time.perf_counter()
@@ -71,6 +75,7 @@ def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, hom
         "stopped_early": sum(t["stopped_early"] for t in trials),
         "errors": sum(t["status"] == "ERROR" for t in trials),
         "wall_s": wall,
+        "reduction_factor": config.reduction_factor,
         "curves": _curves(settings.tracking_uri, summary["parent_run_id"]),
     }
 
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=LRS)
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     parser.add_argument("--max-concurrent", type=int, help="trials at once [default: what fits]")
+    parser.add_argument("--reduction-factor", type=int, default=REDUCTION, help="ASHA's")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +117,7 @@ def _result(asha: dict[str, Any], fifo: dict[str, Any]) -> dict[str, Any]:
     best_curve = max(fifo["curves"], key=max)
     return {
         "trials": fifo["trials"],
+        "reduction_factor": asha["reduction_factor"],
         "asha_best_val_auc": round(asha["best_val_auc"], 4),
         "fifo_best_val_auc": round(fifo["best_val_auc"], 4),
         "auc_gap": round(fifo["best_val_auc"] - asha["best_val_auc"], 4),

@@ -2,14 +2,15 @@
 own floor (a bare ``TorchTrainer`` that takes one step of a two-weight model), in one run.
 
 On one local Ray cluster, alternating so that both see a warm cluster:
-1. bare: ``TorchTrainer`` of a function that builds ``nn.Linear(4, 2)`` and steps once;
+1. bare: ``TorchTrainer`` of a function that builds ``nn.Linear(4, 2)`` and steps once, by itself
+   and as the one trial of a ``Tuner`` (Ray's floor for a trial that runs Ray Train);
 2. train: the project's Train job (``trainer_for``, as ``mammobench train`` runs it) on a prepared
    synthetic set, two epochs;
 3. trial: a one-trial sweep (``run_sweep``, as ``mammobench tune`` runs it, MLflow included).
 Each of ours reports its start-up with its first epoch (``first_step_s``, ``startup_*``: to the
 worker function, model build, checkpoint restore, the first batch, the first step) and every
 epoch's ``epoch_first_batch_s`` (the wait for data before an epoch's first step). Ends with one JSON
-line; ``ratio`` = trial / bare. A benchmark, not a test: it asserts nothing.
+line; ``ratio`` = trial / bare trial. A trial's figures run from its actor's start. A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/trial_startup.py [--patients 40] [--size 32] [--model mobilenetv2]
 """
@@ -26,6 +27,7 @@ from typing import Any
 from common import prepared_classification, training_parser
 
 STARTUP_KEYS = (
+    "startup_trial_actor_s",
     "startup_datasets_s",
     "startup_to_worker_s",
     "startup_model_s",
@@ -52,17 +54,40 @@ def bare_fn(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def bare(storage: str, name: str) -> dict[str, float]:
+def bare(storage: str, name: str, started: float | None = None, callbacks=()) -> dict[str, float]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         bare_fn,
-        train_loop_config={"started": time.time()},
+        train_loop_config={"started": started or time.time()},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=name, storage_path=storage),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks)),
     )
     return dict(trainer.fit().metrics)
+
+
+def bare_trial_fn(config: dict[str, Any]) -> None:
+    """A Tune trial whose Train job is the bare one, timed from its actor's start as ours are."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestration.trial import actor_started
+
+    bare(config["storage"], config["name"], actor_started(), [TuneReportCallback()])
+
+
+def bare_trial(storage: str, name: str) -> dict[str, float]:
+    from ray import tune
+
+    from orchestration.tune import TRIAL_DRIVER_RESOURCES
+
+    tuner = tune.Tuner(
+        tune.with_resources(bare_trial_fn, TRIAL_DRIVER_RESOURCES),
+        param_space={"storage": storage, "name": f"{name}-train"},
+        run_config=tune.RunConfig(name=name, storage_path=storage),
+    )
+    (result,) = tuner.fit()
+    return dict(result.metrics)
 
 
 def train(cfg, storage: str, name: str) -> list[dict[str, Any]]:
@@ -120,35 +145,37 @@ def main() -> None:
         cfg = TrainConfig(model=args.model, data=str(data), epochs=2, batch_size=args.batch_size)
         cfg = cfg.with_manifest()
         storage = str(root / "storage")
-        bares, trains = [], []
+        bares, trains, bare_trials = [], [], []
         for i in range(args.repeats):
             bares.append(bare(storage, f"bare-{i}"))
             trains.append(train(cfg, storage, f"train-{i}"))
+            bare_trials.append(bare_trial(storage, f"bare-trial-{i}"))
         swept = trial(cfg, root / "home")
-    result = _result(bares, trains, swept)
+    result = _result(bares, trains, swept, bare_trials[-1])
     for key, value in result.items():
         print(f"{key:>28}: {value}")
     print(json.dumps(result))
 
 
-def _result(bares: list, trains: list, swept: dict[str, float]) -> dict[str, Any]:
+def _result(bares: list, trains: list, swept: dict, bare_swept: dict) -> dict[str, Any]:
     """The warm (last) run of each, the cold (first) beside it, and the stages of ours."""
     first, last = trains[-1][0], trains[-1][-1]
     out: dict[str, Any] = {
         "trial_to_first_step_s": round(swept["first_step_s"], 2),
         "train_to_first_step_s": round(first["first_step_s"], 2),
         "bare_trainer_first_step_s": round(bares[-1]["first_step_s"], 2),
+        "bare_trial_first_step_s": round(bare_swept["first_step_s"], 2),
         "cold_train_to_first_step_s": round(trains[0][0]["first_step_s"], 2),
         "cold_bare_trainer_first_step_s": round(bares[0]["first_step_s"], 2),
         "bare_to_worker_s": round(bares[-1]["startup_to_worker_s"], 2),
     }
-    out |= {f"train_{k}": round(first[k], 2) for k in STARTUP_KEYS}
+    out |= {f"train_{k}": round(first[k], 2) for k in STARTUP_KEYS if k in first}
     out |= {f"trial_{k}": round(v, 2) for k, v in swept.items() if k in STARTUP_KEYS}
     later = [r["epoch_first_batch_s"] for r in trains[-1][1:]]
     out["later_epoch_first_batch_s"] = round(statistics.mean(later), 2) if later else None
     out["later_epoch_s"] = round(last["epoch_s"], 2)
     out["later_epoch_eval_s"] = round(last["epoch_eval_s"], 2)
-    out["ratio"] = round(out["trial_to_first_step_s"] / out["bare_trainer_first_step_s"], 2)
+    out["ratio"] = round(out["trial_to_first_step_s"] / out["bare_trial_first_step_s"], 2)
     return out
 
 

@@ -22,8 +22,9 @@ class ModelSpec:
             (benign, malignant), background is added internally. Ignored by segmenters,
             which always have one output channel (lesion logits).
         pretrained: Start from ImageNet weights (weights dir first, then the library's hub).
-        unfreeze: With `pretrained`, how many of the backbone's last stage groups train:
-            `0` = head only, `"all"` = everything. Scratch models always train everything.
+        unfreeze: How many of the backbone's last stage groups train: `0` = head only,
+            `"all"` = everything. A scratch model with fewer than all is the study's "from
+            scratch" setting: its early layers keep their random weights.
         input_size: Side of the square input in pixels (ViT position embeddings, detector
             resize and segmenter stride checks follow it).
         in_chans: 3 = the caller repeats grayscale to three channels (the study); 1 = the

@@ -10,6 +10,7 @@ back from MLflow and written beside the report.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models import ModelSpec, weights_available
+from models import ModelSpec, model_info, weights_available
 from orchestration.results import tracking
 from orchestration.results.leaderboard import leaderboard, write_leaderboard
+from orchestration.results.review import analyse, log_review
 from orchestration.settings import Settings
 from orchestration.stopwatch import Stopwatch
+from orchestration.train.config import TrainConfig, read_manifest, shard_paths
 from orchestration.tune import ClusterTooSmall, SweepConfig, max_concurrent_trials, run_sweep
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
 
@@ -39,6 +42,7 @@ class BenchmarkJob:
     name: str | None = None
     resume: bool = False
     weights_dir: str | None = None
+    seeds: int | None = None  # every run's seeds (``--seeds``) [default: the config's]
 
     @property
     def experiment(self) -> str:
@@ -56,7 +60,8 @@ def run_benchmark(
     )
     name = benchmark_name(job, client, exp_id)
     clock = Stopwatch()
-    prep = prepared_data(job, settings, echo, clock)
+    preps = prepared_data(job, settings, echo, clock)
+    prep = preps["crop"]
     top = tracking.SweepRun.open(
         client,
         exp_id,
@@ -77,7 +82,7 @@ def run_benchmark(
     )
 
     def one(run: BenchmarkRun) -> bool:
-        return _run_one(job, run, name, prep, settings, top, echo)
+        return _run_one(job, run, name, preps, settings, top, echo)
 
     with (
         clock("sweeps"),
@@ -85,8 +90,11 @@ def run_benchmark(
     ):
         done = list(pool.map(one, job.bench.runs))
     failed = [run.key for run, ok in zip(job.bench.runs, done, strict=True) if not ok]
+    with clock("review"):
+        review = analyse(client, exp_id, top, name, _review_options(job), facts(job, preps))
+        log_review(client, top.run_id, review)
     with clock("leaderboard"):
-        keys = [(r.model, r.setting) for r in job.bench.runs]
+        keys = [(r.model, r.setting, r.input) for r in job.bench.runs]
         rows = leaderboard(client, exp_id, top.run_id, keys)
         folder = settings.home / "benchmarks" / name
         tracking.log_files(client, top.run_id, write_leaderboard(rows, folder))
@@ -135,11 +143,12 @@ def benchmark_name(job: BenchmarkJob, client, exp_id: str) -> str:
 
 def prepared_data(
     job: BenchmarkJob, settings: Settings, echo: Callable[[str], None], clock: Stopwatch
-) -> Path:
-    """The prepared shards: given, already there for this config and data, or made now (timed:
+) -> dict[str, Path]:
+    """The prepared shards by classification input (``crop``, and ``whole`` when a run asks
+    for whole images): given, already there for this config and data, or made now (timed:
     ``clock``'s ``synth`` and ``prepare``)."""
     if job.data is not None and (job.data / "manifest.json").is_file():
-        return job.data.resolve()
+        return {"crop": job.data.resolve(), "given": job.data.resolve()}
     data = job.data
     if data is None:
         if not job.bench.synth:
@@ -151,7 +160,12 @@ def prepared_data(
             data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
     out = (job.prep or settings.home / "prepared" / job.bench.name).resolve()
     with clock("prepare"):
-        return prepare_once(data, out, job.bench.prepare, echo)
+        preps = {"crop": prepare_once(data, out, job.bench.prepare, echo)}
+        if any(run.input == "whole" for run in job.bench.runs):
+            whole = {**job.bench.prepare, "cls_input": "whole"}
+            wout = out.with_name(f"{out.name}-whole")
+            preps["whole"] = prepare_once(data, wout, whole, echo, ("classification",))
+    return preps
 
 
 def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) -> Path:
@@ -166,15 +180,20 @@ def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) ->
 
 
 def prepare_once(
-    data: Path, out: Path, options: dict[str, Any], echo: Callable[[str], None]
+    data: Path,
+    out: Path,
+    options: dict[str, Any],
+    echo: Callable[[str], None],
+    tasks: tuple[str, ...] | None = None,
 ) -> Path:
-    """Prepare all tasks of ``data`` into ``out`` (a no-op when shards of the same inputs are there)."""
+    """Prepare ``tasks`` (default: all) of ``data`` into ``out`` (a no-op when shards of the
+    same inputs are there)."""
     from data_pipeline import TASKS
     from data_pipeline.catalog import build_catalog
     from data_pipeline.convert import prepare
     from data_pipeline.prepare_plan import PrepareConfig
 
-    cfg = PrepareConfig(tasks=TASKS, **options)
+    cfg = PrepareConfig(tasks=tasks or TASKS, **options)
     catalog = build_catalog(data, None, val_fraction=cfg.val_fraction, seed=cfg.seed)
     echo(f"preparing {data} into {out}")
     prepare(catalog, out, cfg, print_fn=echo)
@@ -185,7 +204,7 @@ def _run_one(
     job: BenchmarkJob,
     run: BenchmarkRun,
     bench: str,
-    prep: Path,
+    preps: dict[str, Path],
     settings: Settings,
     top: tracking.SweepRun,
     echo: Callable[[str], None],
@@ -198,6 +217,8 @@ def _run_one(
         tracking.TASK_TAG: run.task,
         tracking.BENCH_TAG: bench,
     }
+    if run.task == "classification":
+        tags[tracking.INPUT_TAG] = run.input
     if tracking.sweep_done(top.client, top.experiment_id, name):
         echo(f"{run.key}: finished in an earlier attempt, not re-run")
         return True
@@ -212,6 +233,7 @@ def _run_one(
             return True
     echo(f"{run.key}: sweeping {run.model} on {run.task} ({run.setting})")
     try:
+        prep = shards_for(run, preps)
         summary = run_sweep(_sweep_config(job, run, name, prep, top, tags), settings)
     except Exception as exc:  # one broken architecture must not end a many-hour benchmark
         error = f"{type(exc).__name__}: {exc}"
@@ -229,6 +251,98 @@ def _run_one(
     return summary["best"] is not None
 
 
+def shards_for(run: BenchmarkRun, preps: dict[str, Path]) -> Path:
+    """The prepared data of a run: its classification input's shards."""
+    if run.task != "classification":
+        return preps["crop"]
+    if "given" in preps:
+        manifest = read_manifest(preps["given"], "classification")
+        prepared = manifest.get("config", {}).get("cls_input", "crop")
+        if prepared != run.input:
+            raise ValueError(
+                f"{run.key} needs classification shards of input {run.input!r}; "
+                f"{preps['given']} holds {prepared!r} (prepare --input {run.input}, or pass "
+                "the CBIS-DDSM download and let the benchmark prepare both)"
+            )
+        return preps["given"]
+    return preps[run.input]
+
+
+def study_frozen(model: str) -> dict[str, Any]:
+    """The study's "from scratch" models: random weights, only the last stages trained (the
+    ``study_unfreeze`` of the architecture's registry entry)."""
+    unfreeze = model_info(model)["study_unfreeze"]
+    if unfreeze is None or unfreeze == "all":
+        raise ValueError(f"{model}: the study froze no layers of it; use the scratch setting")
+    return {"freeze_scratch": True, "unfreeze": unfreeze}
+
+
+def _review_options(job: BenchmarkJob) -> dict[str, Any]:
+    trains = [run.sweep.get("train", {}) for run in job.bench.runs]
+    return {
+        "top_k": job.bench.ensemble_top_k,
+        "rule": next((t["threshold_rule"] for t in trains if "threshold_rule" in t), "youden"),
+        "n_boot": max((t.get("bootstrap", TrainConfig.bootstrap) for t in trains), default=1000),
+    }
+
+
+def facts(job: BenchmarkJob, preps: dict[str, Path]) -> dict[str, Any]:
+    """The benchmark config and what the prepared data says, for the protocol section."""
+    prep = preps.get("given") or preps["crop"]
+    config = read_manifest(prep, next(iter(_tasks(prep)))).get("config", {})
+    images, mixed = test_images(preps)
+    seeds = max((job.seeds or run.sweep.get("seeds", 1) for run in job.bench.runs), default=1)
+    return {
+        "bench": job.bench.to_dict(),
+        "facts": {
+            "test_images": images,
+            "mixed_test_images": mixed,
+            "val_fraction": config.get("val_fraction"),
+            "test_prevalence": _prevalence(prep),
+            "seeds": seeds,
+        },
+    }
+
+
+def _tasks(prep: Path) -> list[str]:
+    return list(json.loads((prep / "manifest.json").read_text()).get("tasks", {}))
+
+
+def test_images(preps: dict[str, Path]) -> tuple[int | None, int | None]:
+    """Whole test images, and how many of them hold lesions of both CSVs (mass and calc), from
+    the whole-image shards (detection, else whole-image classification); None without them."""
+    for prep in (preps.get("given"), preps["crop"], preps.get("whole")):
+        for task in ("detection", "classification") if prep else ():
+            if task not in _tasks(prep) or not _whole_images(prep, task):
+                continue
+            types = _column(prep, task, "lesion_type")
+            return len(types), sum("+" in str(t) for t in types)
+    return None, None
+
+
+def _whole_images(prep: Path, task: str) -> bool:
+    config = read_manifest(prep, task).get("config", {})
+    return task == "detection" or config.get("cls_input") == "whole"
+
+
+def _prevalence(prep: Path) -> float | None:
+    if "classification" not in _tasks(prep):
+        return None
+    labels = _column(prep, "classification", "label")
+    config = read_manifest(prep, "classification").get("config", {})
+    malignant = 2 if config.get("label_map") == "3class" else 1
+    return sum(label == malignant for label in labels) / len(labels) if labels else None
+
+
+def _column(prep: Path, task: str, name: str) -> list:
+    import pyarrow.parquet as pq
+
+    values = []
+    for path in shard_paths(prep, task, "test"):
+        values += pq.read_table(path, columns=[name]).column(name).to_pylist()
+    return values
+
+
 def _sweep_config(
     job: BenchmarkJob,
     run: BenchmarkRun,
@@ -238,8 +352,12 @@ def _sweep_config(
     tags: dict[str, str],
 ) -> SweepConfig:
     sweep = dict(run.sweep)
+    if job.seeds:
+        sweep["seeds"] = job.seeds
     fixed = {**sweep.pop("fix", {}), "pretrained": run.setting == "pretrained"}
     train = {**sweep.pop("train", {}), "weights_dir": job.weights_dir}
+    if run.setting == "study_frozen":
+        train |= study_frozen(run.model)
     exists = bool(
         tracking.find_runs(
             top.client, top.experiment_id, {tracking.SWEEP_TAG: name, tracking.KIND_TAG: "sweep"}

@@ -386,6 +386,10 @@ def tune(
     grace_epochs: Annotated[
         int | None, option(SweepConfig, "grace_epochs", "ASHA grace period.", min=1)
     ] = None,
+    reduction_factor: Annotated[
+        int | None,
+        option(SweepConfig, "reduction_factor", "ASHA keeps 1 in this many at a rung.", min=2),
+    ] = None,
     max_failures: Annotated[
         int | None, option(SweepConfig, "max_failures", "Retries of a failed trial.", min=0)
     ] = None,
@@ -398,6 +402,10 @@ def tune(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved space and stop.")] = False,
     seed: Annotated[int | None, option(SweepConfig, "seed")] = None,
+    seeds: Annotated[
+        int | None,
+        option(SweepConfig, "seeds", "Train the best params with this many seeds in all.", min=1),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Sweep pretrained x unfrozen stages x learning rate with Ray Tune; track it in MLflow."""
@@ -445,8 +453,10 @@ def tune(
                 name=name,
                 resume=resume,
                 grace_epochs=grace_epochs,
+                reduction_factor=reduction_factor,
                 max_failures=max_failures,
                 seed=seed,
+                seeds=seeds,
                 max_concurrent=max_concurrent,
             ),
         )
@@ -486,6 +496,12 @@ def benchmark(
     weights_dir: Annotated[
         str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Train each row's best params with N seeds [default: the config's]."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
@@ -504,7 +520,7 @@ def benchmark(
         if data is None and not bench.synth:
             raise ValueError(f"{bench.path} has no synth section: pass --data")
     init_ray(ctx.obj.address)
-    job = BenchmarkJob(bench, data, prep, name, resume, weights_dir)
+    job = BenchmarkJob(bench, data, prep, name, resume, weights_dir, seeds)
     with user_errors(SpaceError):
         result = run_benchmark(job, ctx.obj, typer.echo)
     report = write_report(

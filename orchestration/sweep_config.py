@@ -26,8 +26,10 @@ class SweepConfig:
     name: str | None = None
     resume: bool = False
     grace_epochs: int = 1
+    reduction_factor: int = 4  # ASHA keeps 1 in this many trials at each rung (Tune's default)
     max_failures: int = 1
     seed: int = 0
+    seeds: int = 1  # the best params trained with this many seeds in all (mean +- sd reported)
     experiment: str | None = None
     parent_run: str | None = None
     max_concurrent: int | None = None  # autoscaling clusters: set it, nodes are not up yet
@@ -42,6 +44,10 @@ class SweepConfig:
             raise ValueError(f"search must be random or optuna, got {self.search!r}")
         if self.samples < 1 or self.max_epochs < 1:
             raise ValueError("samples and max_epochs must be at least 1")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction_factor must be at least 2, got {self.reduction_factor}")
 
     def base(self) -> TrainConfig:
         """The training job every trial starts from (sampled settings override it)."""

@@ -1,6 +1,6 @@
 """Ray Tune sweeps (``mammobench tune``): pretrained vs scratch x unfrozen stages x learning rate.
 
-Each trial runs ``train_driver_fn``, which builds the ``TorchTrainer`` of ``mammobench train``
+Each trial runs ``orchestration.trial.train_driver_fn``, which builds the ``TorchTrainer`` of ``mammobench train``
 (Train V2) named after the trial id, so a resumed trial's Train run restores its own checkpoint.
 ``TuneReportCallback`` forwards each epoch's metrics to Tune, where ASHA may stop the trial and
 ``TrialTracker`` logs it to MLflow. The best trial (by validation metric) is tested once.
@@ -9,6 +9,7 @@ Each trial runs ``train_driver_fn``, which builds the ``TorchTrainer`` of ``mamm
 from __future__ import annotations
 
 import functools
+import json
 import math
 import threading
 import time
@@ -22,16 +23,21 @@ import torch
 from models import ModelSpec, WeightsNotFoundError, model_info, weights_available
 from orchestration.results import plots
 from orchestration.results.tracking import (
+    INPUT_TAG,
     MODEL_TAG,
+    SEEDS_TAG,
     SKIPPED_PRETRAINED_TAG,
     TASK_TAG,
+    THRESHOLD_TAG,
     Artifact,
     SweepRun,
     TrialTracker,
     client_for,
     experiment_id,
+    log_predictions,
     provenance_tags,
 )
+from orchestration.seeds import run_seed_repeats, seed_figures
 from orchestration.settings import Settings
 from orchestration.stopwatch import Stopwatch
 from orchestration.sweep_config import SweepConfig
@@ -41,9 +47,9 @@ from orchestration.train.driver import (
     evaluate_checkpoint,
     load_best_model,
     open_checkpoint,
-    trainer_for,
 )
 from orchestration.train.worker import BEST_FILE, BEST_VAL_FILE
+from orchestration.trial import train_driver_fn
 from search_spaces import Space, SpaceError, default_space, load_space
 
 # A trial's driver only waits on its Train run: it reserves memory, not a CPU, so a trial needs
@@ -125,17 +131,6 @@ def param_space(space: Space, search: str) -> dict[str, Any]:
     }
 
 
-def train_driver_fn(config: dict[str, Any], base: dict[str, Any], storage: str, sweep: str) -> None:
-    """Tune function trainable: one Train V2 run per trial, named after the trial id."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    started = time.time()
-    cfg = TrainConfig.for_trial(base, config)
-    name = f"{sweep}-{tune.get_context().get_trial_id()}"
-    trainer_for(cfg, storage, name, [TuneReportCallback()], started).fit()
-
-
 def sweep_name(sweep: SweepConfig, storage: str) -> str:
     """The given name; on resume without one, the newest sweep of this model and task."""
     prefix = f"tune-{sweep.model}-{sweep.task}"
@@ -156,7 +151,10 @@ def _scheduler(sweep: SweepConfig):
         return FIFOScheduler()
     grace = min(sweep.grace_epochs, sweep.max_epochs)
     return ASHAScheduler(
-        time_attr="epoch", max_t=sweep.max_epochs, grace_period=grace, reduction_factor=2
+        time_attr="epoch",
+        max_t=sweep.max_epochs,
+        grace_period=grace,
+        reduction_factor=sweep.reduction_factor,
     )
 
 
@@ -265,6 +263,11 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
     if summary["best"]:
         with clock("test"):
             summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
+        log_predictions(client, parent.run_id, summary["best"]["test"].pop("predictions", {}))
+        if sweep.seeds > 1:
+            with clock("seeds"):
+                summary["seeds"] = _seeds(sweep, base, summary["best"], name, settings, tracker)
+            parent.tag({SEEDS_TAG: json.dumps(summary["seeds"].pop("values"))})
         with clock("register"):
             summary["registered_model"] = _register(parent, summary["best"], base, settings)
     with clock("figures"):
@@ -281,7 +284,28 @@ def _register(
     """Log the best trial's model on the sweep's run and register it with its test figures."""
     name = f"mammobench-{base.model}-{base.task}"
     model = _best_model(best, base, settings.storage)
-    return {"name": name, "version": parent.register_model(name, model, best["test"])}
+    tags = {}
+    if "threshold" in best["test"]:  # the operating point travels with the model
+        tags = {"threshold": repr(best["test"]["threshold"]), "threshold_rule": base.threshold_rule}
+    return {"name": name, "version": parent.register_model(name, model, best["test"], tags)}
+
+
+def _seeds(
+    sweep: SweepConfig,
+    base: TrainConfig,
+    best: dict[str, Any],
+    name: str,
+    settings: Settings,
+    tracker: TrialTracker,
+) -> dict[str, Any]:
+    """The best params with ``sweep.seeds - 1`` more training seeds: mean, sd, each seed."""
+    trainable = _register_trainable(base, settings.storage, name)
+    repeats = run_seed_repeats(
+        sweep, base, best, trainable, settings.storage, f"{name}-seeds", [tracker]
+    )
+    figures = seed_figures(base.task, base.seed, best["test"], repeats)
+    values = {k: figures.pop(k) for k in list(figures) if k.startswith("seed_values_")}
+    return figures | {"values": values}
 
 
 def trial_artifacts(cfg: TrainConfig, checkpoint_path: str, storage: str) -> Iterator[Artifact]:
@@ -294,8 +318,12 @@ def trial_artifacts(cfg: TrainConfig, checkpoint_path: str, storage: str) -> Ite
 
 
 def _tags(base: TrainConfig, skipped: str | None) -> dict[str, str]:
-    fingerprint = str(read_manifest(base.data, base.task).get("fingerprint", ""))
-    tags = provenance_tags(fingerprint) | {MODEL_TAG: base.model, TASK_TAG: base.task}
+    manifest = read_manifest(base.data, base.task)
+    tags = provenance_tags(str(manifest.get("fingerprint", "")))
+    tags |= {MODEL_TAG: base.model, TASK_TAG: base.task}
+    if base.task == "classification":  # what the leaderboard's protocol column says
+        tags[INPUT_TAG] = str(manifest.get("config", {}).get("cls_input", "crop"))
+        tags[THRESHOLD_TAG] = base.threshold_rule
     if skipped:
         tags[SKIPPED_PRETRAINED_TAG] = skipped
     return tags
@@ -312,6 +340,8 @@ def _settings(sweep: SweepConfig) -> dict[str, Any]:
         "workers",
         "gpus_per_trial",
         "grace_epochs",
+        "reduction_factor",
+        "seeds",
         "max_failures",
         "seed",
     )

@@ -7,10 +7,15 @@ A benchmark file (``search_spaces/benchmarks/*.yaml``, or any path) has::
     defaults: {samples: 8, max_epochs: 50, gpus_per_trial: 1, fix: {}, train: {}}
     runs:
       - {model: vgg16, task: classification, settings: [scratch, pretrained]}
+      - {model: vgg16, task: classification, input: whole}   # the study's whole-image input
+    ensemble: {top_k: 3}                    # the ensemble row: top-k classifiers by val AUC
 
-Each run becomes one sweep per setting (``scratch``/``pretrained``, both by default) with the
+Each run becomes one sweep per setting (``scratch``/``pretrained``, both by default;
+``study_frozen``: the study's "from scratch" models, random weights with the early stages
+frozen, its architecture's ``study_unfreeze``) with the
 run's keys over ``defaults``. ``fix`` pins space settings to one value; ``train`` sets training
-options the space does not tune. ``published.yaml`` holds the study's published test figures.
+options the space does not tune; ``seeds: N`` trains the best params with N seeds in all; a
+classification run's ``input`` is a lesion crop (``crop``, default) or the whole image. ``published.yaml`` holds the study's published test figures.
 Everything is checked on loading (types, limits, names, the spaces named), so that a typo fails
 before a cluster starts, with the file, the key and the value in the message.
 """
@@ -38,8 +43,11 @@ from search_spaces import (
 )
 
 BENCH_DIR = SPACES_DIR / "benchmarks"
-SETTINGS = ("scratch", "pretrained")
-TOP_KEYS = {"description", "synth", "prepare", "defaults", "runs", "parallel_sweeps"}
+SETTINGS = ("scratch", "pretrained", "study_frozen")  # study_frozen: the study's scratch models
+DEFAULT_SETTINGS = ("scratch", "pretrained")
+TOP_KEYS = {"description", "synth", "prepare", "defaults", "runs", "parallel_sweeps", "ensemble"}
+INPUTS = ("crop", "whole")  # a classification run's input: a lesion crop, or the whole image
+ENSEMBLE_KEYS = {"top_k": int}
 SYNTH_KEYS = {"patients": int, "seed": int}
 PREPARE_KEYS = {
     "cls_size": int,
@@ -57,15 +65,17 @@ SWEEP_KEYS = {
     "scheduler": str,
     "search": str,
     "grace_epochs": int,
+    "reduction_factor": int,
     "workers": int,
     "gpus_per_trial": (int, float),
     "max_failures": int,
     "max_concurrent": int,
+    "seeds": int,
     "space": str,
     "fix": dict,
     "train": dict,
 }
-RUN_KEYS = {"model": str, "task": str, "settings": list, **SWEEP_KEYS}
+RUN_KEYS = {"model": str, "task": str, "settings": list, "input": str, **SWEEP_KEYS}
 TRAIN_KEYS = {  # training options beside the tunable ones (``orchestration.train.config``)
     "patience": int,
     "bootstrap": int,
@@ -73,6 +83,7 @@ TRAIN_KEYS = {  # training options beside the tunable ones (``orchestration.trai
     "in_chans": int,
     "encoder": str,
     "detection_classes": str,
+    "threshold_rule": str,
 }
 # The values ``prepare``, ``tune`` and ``train`` accept; numbers within their limits.
 CHOICES = {
@@ -83,6 +94,8 @@ CHOICES = {
     "search": ("random", "optuna"),
     "in_chans": (1, 3),
     "detection_classes": ("lesion", "pathology"),
+    "threshold_rule": ("youden", "sens90"),
+    "input": INPUTS,
 }
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
@@ -90,8 +103,10 @@ LIMITS = {
     "patients": (lambda v: v >= 2, "at least 2"),
     "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     **dict.fromkeys(("cls_size", "seg_size", "det_size", "shard_size", "bootstrap"), AT_LEAST_1),
-    **dict.fromkeys(("samples", "max_epochs", "grace_epochs", "workers"), AT_LEAST_1),
+    **dict.fromkeys(("samples", "max_epochs", "grace_epochs", "workers", "seeds"), AT_LEAST_1),
+    "top_k": AT_LEAST_0,
     "max_concurrent": AT_LEAST_1,
+    "reduction_factor": (lambda v: v >= 2, "at least 2"),
     **dict.fromkeys(("gpus_per_trial", "max_failures", "patience"), AT_LEAST_0),
 }
 
@@ -104,10 +119,11 @@ class BenchmarkRun:
     task: str
     setting: str
     sweep: dict[str, Any]  # SWEEP_KEYS, defaults merged in
+    input: str = "crop"  # classification: "crop" (GT-localised lesion) or "whole" (the study's)
 
     @property
     def key(self) -> str:
-        return f"{self.model}-{self.setting}"
+        return f"{self.model}-{self.setting}" + ("-whole" if self.input == "whole" else "")
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,7 @@ class Benchmark:
     synth: dict[str, Any] | None
     runs: list[BenchmarkRun]
     parallel_sweeps: int = 1  # sweeps at once (when the cluster fits their trials)
+    ensemble_top_k: int = 3  # classifiers averaged by the ensemble row (chosen on validation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +187,7 @@ def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchm
     parallel = data.get("parallel_sweeps", 1)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise SpaceError(f"{path}: parallel_sweeps: {parallel!r} is not a positive integer")
+    ensemble = _typed(path, "ensemble", data.get("ensemble") or {}, ENSEMBLE_KEYS)
     return Benchmark(
         path.stem,
         str(path),
@@ -178,6 +196,7 @@ def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchm
         synth,
         expanded,
         parallel,
+        ensemble.get("top_k", 3),
     )
 
 
@@ -193,15 +212,19 @@ def _runs(
         raise SpaceError(f"{path}: {where}.model: {model!r} is not one of {sorted(models)}")
     if models is not None and models[model] != task:
         raise SpaceError(f"{path}: {where}.task: {task!r}, but {model} is a {models[model]} model")
-    settings = raw.get("settings", list(SETTINGS))
+    settings = raw.get("settings", list(DEFAULT_SETTINGS))
     if not isinstance(settings, list) or not settings or any(s not in SETTINGS for s in settings):
         raise SpaceError(f"{path}: {where}.settings: {settings!r}; use a list of {list(SETTINGS)}")
+    run_input = raw.get("input", "crop")
+    _typed_value(f"{path}: {where}.input", "input", run_input, str)
+    if run_input == "whole" and task != "classification":
+        raise SpaceError(f"{path}: {where}.input: 'whole' is for classification runs only")
     own = _sweep(path, where, {k: v for k, v in raw.items() if k in SWEEP_KEYS})
     sweep = defaults | own
     for key in ("fix", "train"):
         sweep[key] = {**defaults.get(key, {}), **own.get(key, {})}
     _check_space(f"{path}: {where}.space", sweep.get("space"), task)
-    return [BenchmarkRun(model, task, s, sweep) for s in settings]
+    return [BenchmarkRun(model, task, s, sweep, run_input) for s in settings]
 
 
 def _check_space(where: str, name: str | None, task: str) -> None:

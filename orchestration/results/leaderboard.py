@@ -7,21 +7,36 @@ and skip reasons), so ``benchmark`` and ``report`` show the same table.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 from orchestration.results import tracking
 from orchestration.train.metrics import DETECTION_RULE
+from orchestration.train.operating_point import THRESHOLD_TEXT
 from search_spaces.benchmarks import published
 
 PRIMARY = {"classification": "accuracy", "segmentation": "dice", "detection": "map50"}
 EXTRA = {
-    "classification": ("auc", "sensitivity", "specificity", "balanced_accuracy"),
+    "classification": (
+        "auc",
+        "sensitivity",
+        "specificity",
+        "balanced_accuracy",
+        "accuracy_at_0_5",
+        "threshold",
+        "prevalence",
+        "brier",
+        "ece",
+    ),
     "segmentation": ("iou", "pixel_accuracy"),
     "detection": ("froc_sens_1fp", "map50_malignancy"),
 }
+CI_KEYS = ("auc", "sensitivity", "specificity", "balanced_accuracy")  # test_*_ci_low / _high
 PARAMS = ("lr", "unfreeze", "batch_size", "weight_decay")
+INPUTS = {"crop": "lesion crop, GT-localised", "whole": "whole image"}
+STUDY_PROTOCOL = "whole mammograms at 224 px, augmented before the split, test accuracy"
 COLUMNS = [
     "model",
     "task",
@@ -32,12 +47,32 @@ COLUMNS = [
     "test",
     "test_ci_low",
     "test_ci_high",
+    "test_sd",
+    "seeds",
+    "test_seeds",
+    "vs_best",
+    "input",
+    "protocol",
     "auc",
     "auc_ci_low",
     "auc_ci_high",
+    "threshold",
     "sensitivity",
+    "sensitivity_ci_low",
+    "sensitivity_ci_high",
     "specificity",
+    "specificity_ci_low",
+    "specificity_ci_high",
     "balanced_accuracy",
+    "balanced_accuracy_ci_low",
+    "balanced_accuracy_ci_high",
+    "accuracy_at_0_5",
+    "prevalence",
+    "brier",
+    "ece",
+    "breast_auc",
+    "breast_auc_ci_low",
+    "breast_auc_ci_high",
     "iou",
     "pixel_accuracy",
     "froc_sens_1fp",
@@ -59,7 +94,7 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
     best_pretrained = {"True": "pretrained", "False": "scratch"}.get(params.get("best.pretrained"))
     setting = tags.get(tracking.SETTING_TAG) or best_pretrained or "-"
     metric = PRIMARY.get(task, "")
-    figures = published(model, setting)
+    figures = published(model, "scratch" if setting == "study_frozen" else setting)
     row: dict[str, Any] = {
         "model": model,
         "task": task,
@@ -71,12 +106,13 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
         "test": metrics.get(f"test_{metric}"),
         "test_ci_low": metrics.get(f"test_{metric}_ci_low"),
         "test_ci_high": metrics.get(f"test_{metric}_ci_high"),
-        "auc_ci_low": metrics.get("test_auc_ci_low"),
-        "auc_ci_high": metrics.get("test_auc_ci_high"),
+        "input": tags.get(tracking.INPUT_TAG) if task == "classification" else None,
+        "protocol": protocol(task, tags, metrics, bool(figures), setting),
+        "vs_best": tags.get(tracking.VS_BEST_TAG),
         "gpu_hours": metrics.get("gpu_hours"),
         "trial_hours": metrics.get("trial_hours"),
         "trials": trials,
-        "note": tags.get(tracking.SKIP_TAG) or _error(run),
+        "note": tags.get(tracking.SKIP_TAG) or _error(run) or _members(tags),
         "best_params": ", ".join(
             f"{k}={params[f'best.{k}']}" for k in PARAMS if f"best.{k}" in params
         ),
@@ -84,7 +120,52 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
     }
     for key in EXTRA.get(task, ()):
         row[key] = metrics.get(f"test_{key}")
+    for key in CI_KEYS if task == "classification" else ():
+        row |= {f"{key}_ci_{e}": metrics.get(f"test_{key}_ci_{e}") for e in ("low", "high")}
+    row |= {k: metrics.get(f"test_{k}") for k in BREAST_KEYS if task == "classification"}
+    row |= seed_columns(metric, metrics, tags)
     return {column: row.get(column) for column in COLUMNS}
+
+
+BREAST_KEYS = ("breast_auc", "breast_auc_ci_low", "breast_auc_ci_high")
+
+
+def seed_columns(metric: str, metrics: dict, tags: dict) -> dict[str, Any]:
+    """With seed repeats: ``test`` is the mean over the seeds, ``test_sd`` their sample sd,
+    ``test_seeds`` each seed's figure; the CI columns stay those of the sweep's best trial."""
+    seeds = int(metrics.get("seeds", 1))
+    if seeds < 2 or f"seed_mean_{metric}" not in metrics:
+        return {"seeds": seeds if "seeds" in metrics else None}
+    values = json.loads(tags.get(tracking.SEEDS_TAG, "{}")).get(f"seed_values_{metric}", {})
+    return {
+        "test": metrics[f"seed_mean_{metric}"],
+        "test_sd": metrics[f"seed_sd_{metric}"],
+        "seeds": seeds,
+        "test_seeds": ", ".join(f"seed {k}: {v:.4f}" for k, v in values.items()),
+    }
+
+
+def _members(tags: dict) -> str:
+    members = tags.get(tracking.MEMBERS_TAG)
+    return f"averages the probabilities of {members}" if members else ""
+
+
+def protocol(task: str, tags: dict, metrics: dict, compared: bool, setting: str) -> str:
+    """What a row measured: input, splits, test prevalence, threshold rule, and the published
+    row it stands beside (the study's protocol differs: see the report)."""
+    parts = []
+    if task == "classification":
+        parts.append(f"input: {INPUTS.get(tags.get(tracking.INPUT_TAG, 'crop'), '?')}")
+    parts.append("split: official test (model chosen on a patient-level val split)")
+    prevalence = metrics.get("test_prevalence")
+    if prevalence is not None:
+        majority = max(prevalence, 1 - prevalence)
+        parts.append(f"test {prevalence:.0%} malignant (majority-class rate {majority:.0%})")
+    rule = tags.get(tracking.THRESHOLD_TAG)
+    if rule:
+        parts.append(f"threshold: {THRESHOLD_TEXT.get(rule, rule)}")
+    study = f"the study's {setting} row ({STUDY_PROTOCOL})" if compared else "no published row"
+    return "; ".join([*parts, f"compared with: {study}"])
 
 
 def _error(run: Any) -> str:
@@ -101,13 +182,24 @@ def _status(run: Any) -> str:
     )
 
 
-def order_rows(rows: list[dict[str, Any]], order: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Rows in the benchmark config's order (unknown ones last, by name)."""
-    rank = {key: i for i, key in enumerate(order)}
-    return sorted(
-        rows,
-        key=lambda r: (rank.get((r["model"], r["setting"]), len(rank)), r["model"], r["setting"]),
-    )
+TASK_ORDER = ("classification", "segmentation", "detection")
+SETTING_ORDER = ("scratch", "pretrained")
+
+
+def order_rows(rows: list[dict[str, Any]], order: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Rows grouped by task, then architecture (in the config's ``order`` of (model, setting,
+    input); unknown ones by name; the ensemble last), scratch beside pretrained, then input."""
+    first: dict[str, int] = {}
+    for i, (model, *_) in enumerate(order):
+        first.setdefault(model, i)
+
+    def rank(r: dict[str, Any]) -> tuple:
+        task = TASK_ORDER.index(r["task"]) if r["task"] in TASK_ORDER else len(TASK_ORDER)
+        model = len(first) + (r["model"] == "ensemble")
+        setting = SETTING_ORDER.index(r["setting"]) if r["setting"] in SETTING_ORDER else 2
+        return (task, first.get(r["model"], model), r["model"], r["input"] == "whole", setting)
+
+    return sorted(rows, key=rank)
 
 
 def write_leaderboard(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
@@ -126,24 +218,25 @@ HEADER = (
     "Architecture",
     "Task",
     "Setting",
-    "Published (test)",
-    "Ours (test, 95% CI)",
-    "AUC",
-    "Sens / Spec",
+    "Published (study's test)",
+    "Ours (official test, 95% patient CI)",
+    "AUC (test, 95% CI)",
+    "Sens / Spec (test, at the val threshold)",
+    "vs best AUC (DeLong, Holm)",
     "GPU-h",
     "Trial-h",
     "Best hyper-parameters",
+    "Protocol",
 )
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The leaderboard as a Markdown table, with skip and failure notes below it."""
+    """The leaderboard as a Markdown table, with skip and failure notes below it (a note many
+    rows share, such as one missing-weights reason, said once with the rows it applies to)."""
     lines = [_md_row(HEADER), _md_row(["---"] * len(HEADER))]
-    notes = []
     for row in rows:
         lines.append(_md_row(cells(row)))
-        if row["note"]:
-            notes.append(f"- **{row['model']} ({row['setting']})** {row['status']}: {row['note']}")
+    notes = [f"- {', '.join(names)} {text}" for text, names in shared_notes(rows).items()]
     text = "\n".join(lines) + "\n"
     if any(row["task"] == "detection" for row in rows):
         notes.append(f"- **Detection**: {DETECTION_RULE}.")
@@ -152,33 +245,68 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return text
 
 
+def shared_notes(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each distinct ``status: note`` and the rows (``**model (setting)**``) that have it."""
+    notes: dict[str, list[str]] = {}
+    for row in rows:
+        if row["note"]:
+            text = f"{row['status']}: {row['note']}"
+            notes.setdefault(text, []).append(f"**{row['model']} ({row['setting']})**")
+    return notes
+
+
 def cells(row: dict[str, Any]) -> list[str]:
     """A row's display cells, in ``HEADER`` order."""
     metric = row["metric"]
     published_text = _fmt(row["published"], metric)
     if row["published_other"]:
         published_text += f" ({row['published_other']})" if row["published"] is not None else ""
-    ours = row["status"] if row["status"] != "done" else f"{metric} {_fmt(row['test'], metric)}"
-    if row["status"] == "done" and row["test_ci_low"] is not None:
-        ours += f" [{_fmt(row['test_ci_low'], metric)}, {_fmt(row['test_ci_high'], metric)}]"
+    ours = _ours(row, metric)
     auc = _fmt(row["auc"], "auc")
+    if row["auc"] is not None and row["auc_ci_low"] is not None:
+        auc += f" [{_fmt(row['auc_ci_low'], 'auc')}, {_fmt(row['auc_ci_high'], 'auc')}]"
     sens_spec = (
         f"{_fmt(row['sensitivity'], 'x')} / {_fmt(row['specificity'], 'x')}"
+        f" at {_fmt(row['threshold'], 'x')}"
         if row["sensitivity"] is not None
         else "-"
     )
     return [
         row["model"],
         row["task"],
-        row["setting"],
+        row["setting"] + (", whole image" if row.get("input") == "whole" else ""),
         published_text,
         ours,
         auc,
         sens_spec,
+        row["vs_best"] or "-",
         _hours(row["gpu_hours"]),
         _hours(row["trial_hours"]),
         row["best_params"] or "-",
+        row["protocol"] or "-",
     ]
+
+
+def _ours(row: dict[str, Any], metric: str) -> str:
+    """Our figure: the test metric (the mean over seeds, with their sd) and its CI; an
+    accuracy below the majority-class rate says so."""
+    if row["status"] != "done":
+        return row["status"]
+    ours = f"{metric} {_fmt(row['test'], metric)}"
+    if row.get("test_sd") is not None:
+        ours += f" ± {_fmt(row['test_sd'], metric)} (mean ± sd of {row['seeds']} seeds)"
+    if row["test_ci_low"] is not None:
+        seeds = " of the best trial" if row.get("test_sd") is not None else ""
+        ours += f" [{_fmt(row['test_ci_low'], metric)}, {_fmt(row['test_ci_high'], metric)}]{seeds}"
+    if metric == "accuracy" and _below_majority(row):
+        majority = max(row["prevalence"], 1 - row["prevalence"])
+        ours += f" (below the majority-class rate {_fmt(majority, metric)})"
+    return ours
+
+
+def _below_majority(row: dict[str, Any]) -> bool:
+    test, prevalence = row.get("test"), row.get("prevalence")
+    return test is not None and prevalence is not None and test < max(prevalence, 1 - prevalence)
 
 
 def _fmt(value: Any, metric: str) -> str:
@@ -196,12 +324,16 @@ def _md_row(cells: Any) -> str:
 
 
 def leaderboard(
-    client, exp_id: str, top_run: str | None, order: list[tuple[str, str]] | None = None
+    client, exp_id: str, top_run: str | None, order: list[tuple[str, ...]] | None = None
 ) -> list[dict[str, Any]]:
     """Leaderboard rows of a benchmark run (or of every sweep of the experiment without one),
-    read from the sweeps' runs, in ``order`` of (model, setting)."""
-    where = {tracking.KIND_TAG: "sweep"} | ({tracking.PARENT_TAG: top_run} if top_run else {})
-    sweeps = tracking.find_runs(client, exp_id, where)
+    read from the sweeps' and ensembles' runs, grouped as ``order_rows`` says."""
+    parent = {tracking.PARENT_TAG: top_run} if top_run else {}
+    sweeps = [
+        run
+        for kind in ("sweep", "ensemble")
+        for run in tracking.find_runs(client, exp_id, {tracking.KIND_TAG: kind} | parent)
+    ]
     rows = [leaderboard_row(run, _trials(client, exp_id, run)) for run in sweeps]
     return order_rows(rows, order or [])
 

@@ -1,21 +1,25 @@
 """``mammobench report``: one self-contained HTML file from the MLflow store.
 
-The leaderboard, each sweep's learning curves, and its best trial's validation plots (ROC curve and
-confusion matrix, segmentation overlays, detection examples), images embedded, so anyone can open
-it without a server.
+The leaderboard grouped by task, our figures beside the published ones, how our protocol differs
+from the study's, and the benchmark run's analyses (``analysis.json``: DeLong's paired comparisons,
+calibration, subgroup and breast-level AUCs); then each sweep's learning curves and its best
+trial's validation plots. Images are embedded, so anyone can open it without a server.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from orchestration.results import report_sections as sections
 from orchestration.results import tracking
-from orchestration.results.leaderboard import HEADER, cells, leaderboard
+from orchestration.results.leaderboard import leaderboard
+from orchestration.results.report_protocol import protocol_section
 
 SWEEP_PLOTS = ("plots/learning_curves.png", "plots/trials_comparison.png")
 TRIAL_PLOTS = (
@@ -24,6 +28,13 @@ TRIAL_PLOTS = (
     "plots/mask_overlays.png",
     "plots/detections.png",
 )
+CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;margin:0.5em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;text-align:left}
+tr.task th{background:#e8eef6;font-size:14px}
+table.matrix td{text-align:center;white-space:nowrap}td.diag{color:#999}td.sig{background:#fde8d8}
+table.protocol td{max-width:560px}p.missing{color:#777;font-style:italic}
+img{max-width:480px;margin:4px}img[alt="ours vs published"],img[alt="reliability diagram"]{max-width:800px}"""
 
 
 def find_experiment(client, name: str | None):
@@ -56,16 +67,45 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     rows = leaderboard(client, exp.experiment_id, top.info.run_id if top else None)
     with tempfile.TemporaryDirectory(prefix="mammobench-report-") as tmp:
-        sections = [_sweep_section(client, exp.experiment_id, row, Path(tmp)) for row in rows]
-    page = _page(title, exp.name, rows, sections, client.tracking_uri)
+        analysis = _analysis(client, top.info.run_id, Path(tmp)) if top else {}
+        sweeps = [_sweep_section(client, exp.experiment_id, row, Path(tmp)) for row in rows]
+    page = _page(title, exp.name, review(rows, analysis) + "".join(sweeps), client.tracking_uri)
     path = folder / "report.html"
     path.write_text(page)
     return path
 
 
+def _analysis(client, run_id: str, tmp: Path) -> dict[str, Any]:
+    """The benchmark run's ``analysis.json`` ({} when it has none: an older run)."""
+    local = tracking.fetch_artifact(client, run_id, "analysis.json", tmp / "analysis")
+    return json.loads(local.read_text()) if local is not None else {}
+
+
+def review(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
+    """The sections a reviewer reads first, from leaderboard rows and ``analysis.json``."""
+    return "".join(
+        [
+            "<h2>Leaderboard</h2>",
+            sections.leaderboard_section(rows),
+            "<h2>Ours vs published</h2>",
+            sections.published_section(rows),
+            "<h2>How our protocol differs from the study's</h2>",
+            protocol_section(analysis.get("protocol")),
+            "<h2>Paired comparisons (DeLong's test)</h2>",
+            sections.comparisons_section(analysis.get("comparisons")),
+            "<h2>Calibration</h2>",
+            sections.calibration_section(analysis.get("calibration")),
+            "<h2>Subgroups</h2>",
+            sections.subgroups_section(analysis.get("subgroups"), analysis.get("breast")),
+            sections.seeds_section(rows),
+            "<h2>Sweeps</h2>",
+        ]
+    )
+
+
 def _sweep_section(client, exp_id: str, row: dict[str, Any], tmp: Path) -> str:
     heading = (
-        f"<h2>{_e(row['model'])} &middot; {_e(row['task'])} &middot; {_e(row['setting'])}</h2>"
+        f"<h3>{_e(row['model'])} &middot; {_e(row['task'])} &middot; {_e(row['setting'])}</h3>"
     )
     if row["status"] != "done":
         return f"{heading}<p>{_e(row['status'])}: {_e(row['note'] or '')}</p>"
@@ -89,28 +129,16 @@ def _image(client, run_id: str, path: str, tmp: Path) -> str:
     return f'<img alt="{_e(path)}" src="data:image/png;base64,{data}">'
 
 
-def _page(
-    title: str, experiment: str, rows: list[dict[str, Any]], sections: list[str], store: str
-) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells(r)) + "</tr>" for r in rows)
-    notes = "".join(
-        f"<li><b>{_e(r['model'])} ({_e(r['setting'])})</b> {_e(r['status'])}: {_e(r['note'])}</li>"
-        for r in rows
-        if r["note"]
-    )
+def _page(title: str, experiment: str, body: str, store: str) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mammobench report: {_e(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:480px;margin:4px}}</style>
+<style>{CSS}</style>
 </head><body>
 <h1>mammobench: {_e(title)}</h1>
 <p>MLflow experiment <code>{_e(experiment)}</code> in <code>{_e(store)}</code>;
 written {time.strftime("%Y-%m-%d %H:%M")}. Published figures are the study's test results;
 ours are the best trial (by validation metric) tested once, with 95% bootstrap CIs over patients.</p>
-<table><tr>{head}</tr>{body}</table>
-{"<ul>" + notes + "</ul>" if notes else ""}
-{"".join(sections)}
+{body}
 </body></html>
 """
 

@@ -104,6 +104,13 @@ def tune_text(summary: dict[str, Any], settings: Any) -> str:
             f"{k} {_fmt(v)}" for k, v in best.get("test", {}).items() if not isinstance(v, dict)
         ]
         lines.append("  test " + ", ".join(items))
+    seeds = summary.get("seeds") or {}
+    for key in (k for k in seeds if k.startswith("seed_mean_")):
+        metric = key.removeprefix("seed_mean_")
+        lines.append(
+            f"  {seeds['seeds']} seeds: test {metric} {_fmt(seeds[key])} "
+            f"+- {_fmt(seeds[f'seed_sd_{metric}'])} (mean +- sd)"
+        )
     if summary.get("registered_model"):
         reg = summary["registered_model"]
         lines.append(f"  registered model {reg['name']} version {reg['version']}")

@@ -37,12 +37,16 @@ KIND_TAG, BEST_TAG = "mammobench.kind", "mammobench.best_trial_id"
 BENCH_TAG, CONFIG_TAG = "mammobench.benchmark", "mammobench.config"
 MODEL_TAG, TASK_TAG, SETTING_TAG = "mammobench.model", "mammobench.task", "mammobench.setting"
 FINGERPRINT_TAG = "mammobench.dataset_fingerprint"
+INPUT_TAG, THRESHOLD_TAG = "mammobench.input", "mammobench.threshold_rule"
+VS_BEST_TAG, SEEDS_TAG = "mammobench.vs_best", "mammobench.test_seeds"
+MEMBERS_TAG = "mammobench.ensemble_members"
+PREDICTIONS = "predictions/{split}.csv"  # a classifier sweep's best model, row by row
 SKIP_TAG, ERROR_TAG = "mammobench.skipped", "mammobench.error"
 SKIPPED_PRETRAINED_TAG = "mammobench.skipped_pretrained"
 INTERRUPTED_TAG = "mammobench.interrupted"
 STOPPED_EARLY_TAG, STOPPED_BY_TAG = "mammobench.stopped_early", "mammobench.stopped_by"
 ERROR_FILE = "error.txt"  # a failed sweep's traceback
-NAME_TAGS = {"sweep": SWEEP_TAG, "benchmark": BENCH_TAG}
+NAME_TAGS = {"sweep": SWEEP_TAG, "benchmark": BENCH_TAG, "ensemble": SWEEP_TAG}
 PACKAGES = (
     "mammobench",
     "ray",
@@ -249,6 +253,7 @@ class SweepRun:
             scalar_metrics(best.get("test", {}), "test_")
             | scalar_metrics(best.get("val", {}), "val_")
             | scalar_metrics(summary.get("usage", {}))
+            | scalar_metrics(summary.get("seeds", {}))
             | scalar_metrics(summary.get("timings", {}), "time_")
         )
         if best.get("trial_id"):
@@ -258,8 +263,15 @@ class SweepRun:
             self.client.log_figure(self.run_id, figure, path)
         self.client.set_terminated(self.run_id, status)
 
-    def register_model(self, name: str, model: torch.nn.Module, test: dict[str, Any]) -> str:
-        """Log the best model on the parent run and register it with its test metrics."""
+    def register_model(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        test: dict[str, Any],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Log the best model on the parent run and register it with its test metrics (and
+        ``tags``, e.g. the operating point chosen on validation)."""
         requirements = [
             f"{p}=={importlib.metadata.version(p)}"
             for p in ("torch", "timm", "segmentation-models-pytorch", "torchvision")
@@ -279,6 +291,8 @@ class SweepRun:
         for key, value in scalar_metrics(test, "test_").items():
             self.client.set_model_version_tag(name, version, key, f"{value:.4f}")
         self.client.set_model_version_tag(name, version, "sweep_run_id", self.run_id)
+        for key, value in (tags or {}).items():
+            self.client.set_model_version_tag(name, version, key, value)
         return version
 
 
@@ -334,6 +348,26 @@ def log_files(client: MlflowClient, run_id: str, paths: list[Path]) -> None:
     """Attach local files to a run."""
     for path in paths:
         client.log_artifact(run_id, str(path))
+
+
+def log_predictions(client: MlflowClient, run_id: str, tables: dict[str, dict[str, list]]) -> None:
+    """A classifier's predictions per split (``predictions/<split>.csv``, one row a case)."""
+    import pandas as pd
+
+    for split, table in tables.items():
+        text = pd.DataFrame(table).to_csv(index=False)
+        client.log_text(run_id, text, PREDICTIONS.format(split=split))
+
+
+def read_predictions(client: MlflowClient, run_id: str, split: str, tmp: Path):
+    """A run's ``predictions/<split>.csv`` as a DataFrame (ids as text), or None."""
+    import pandas as pd
+
+    path = fetch_artifact(client, run_id, PREDICTIONS.format(split=split), tmp / run_id / split)
+    if path is None:
+        return None
+    frame = pd.read_csv(path, dtype={"key": str, "patient_id": str})
+    return frame.astype({"positive": bool, "score": float})
 
 
 def fetch_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path | None:
@@ -462,6 +496,7 @@ def _epoch_values(result: dict[str, Any]) -> dict[str, float]:
 def trial_run_name(cfg: TrainConfig, trial) -> str:
     """``<model>-<pretrained-uN|scratch>-lr<lr>-<trial suffix>``."""
     setting = f"pretrained-u{cfg.unfreeze}" if cfg.pretrained else "scratch"
+    setting += f"-frozen-u{cfg.unfreeze}" if cfg.freeze_scratch and not cfg.pretrained else ""
     return f"{cfg.model}-{setting}-lr{cfg.lr:.1e}-{trial.trial_id.split('_')[-1]}"
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # models imports torch and timm: Ray Data workers decoding sh
 
 TASK_METRIC = {"classification": "auc", "segmentation": "dice", "detection": "map50"}
 OPTIMIZERS = ("adam", "adamw")
+THRESHOLD_RULES = ("youden", "sens90")  # operating point chosen on validation (operating_point)
 SCHEDULES = ("cosine", "plateau", "none")
 BALANCING = ("oversample", "weighted", "none")
 DETECTION_CLASSES = ("lesion", "pathology")  # class-agnostic lesions, or benign/malignant boxes
@@ -30,6 +31,7 @@ class TrainConfig:
     batch_size: int = 32
     pretrained: bool = False
     unfreeze: int | str = "all"
+    freeze_scratch: bool = False  # scratch with `unfreeze` < all: the study's frozen random layers
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
@@ -46,6 +48,7 @@ class TrainConfig:
     weights_dir: str | None = None
     max_failures: int = 0
     bootstrap: int = 1000
+    threshold_rule: str = "youden"
     detection_classes: str = "lesion"
     image_size: int = 0
     num_classes: int = 0
@@ -60,6 +63,7 @@ class TrainConfig:
             ("schedule", SCHEDULES),
             ("balance", BALANCING),
             ("detection_classes", DETECTION_CLASSES),
+            ("threshold_rule", THRESHOLD_RULES),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -82,7 +86,7 @@ class TrainConfig:
         """This job with a trial's sampled settings (scratch trains all); unknown keys are typos."""
         _check_keys(sampled)
         out = replace(self, **sampled)
-        return out if out.pretrained else replace(out, unfreeze="all")
+        return out if out.pretrained or out.freeze_scratch else replace(out, unfreeze="all")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, the inverse of ``from_dict``."""
@@ -128,7 +132,7 @@ class TrainConfig:
             name=self.model,
             num_classes=1 if self.lesion_detector else self.num_classes,
             pretrained=self.pretrained,
-            unfreeze=self.unfreeze if self.pretrained else "all",
+            unfreeze=self.unfreeze if self.pretrained or self.freeze_scratch else "all",
             input_size=self.image_size,
             in_chans=self.in_chans,
             dropout=self.dropout,

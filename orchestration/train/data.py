@@ -149,6 +149,32 @@ def class_weights(cfg: TrainConfig) -> list[float] | None:
     return [total / (n * counts[k]) if counts.get(k) else 0.0 for k in range(n)]
 
 
+PREDICTION_METADATA = (
+    "key",
+    "patient_id",
+    "side",
+    "view",
+    "lesion_type",
+    "breast_density",
+    "assessment",
+    "subtlety",
+)
+
+
+def read_metadata(cfg: TrainConfig, split: str) -> dict[str, list]:
+    """The metadata columns of one split's rows, in ``iter_split``'s order (no pixels read);
+    a column the shards lack (older shards) is None throughout."""
+    columns: dict[str, list] = {name: [] for name in PREDICTION_METADATA}
+    for path in shard_paths(cfg.data, cfg.task, split):
+        parquet = pq.ParquetFile(path)
+        present = [c for c in PREDICTION_METADATA if c in parquet.schema_arrow.names]
+        table = parquet.read(columns=present)
+        for name in PREDICTION_METADATA:
+            values = table.column(name).to_pylist() if name in present else [None] * len(table)
+            columns[name].extend(values)
+    return columns
+
+
 def iter_split(cfg: TrainConfig, split: str, batch_size: int) -> Iterator[dict[str, Any]]:
     """Stream one split's decoded batches without Ray (test evaluation, one process)."""
     for path in shard_paths(cfg.data, cfg.task, split):

@@ -2,7 +2,8 @@
 
 ``trainer_for`` builds the ``TorchTrainer``; ``run_training`` is what ``mammobench train`` runs;
 ``evaluate_checkpoint`` scores a checkpoint's best model on a split in one Ray task. Test data is
-never seen during training, model selection or early stopping.
+never seen during training, model selection or early stopping. The model libraries are imported
+where a model is built: a trial's actor plans its datasets without them.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from models import WeightsNotFoundError, build_model, model_info, weights_available
 from orchestration.train.config import TrainConfig
-from orchestration.train.data import build_datasets, class_weights, iter_split
+from orchestration.train.data import build_datasets, class_weights, iter_split, read_metadata
 from orchestration.train.tasks import collate, concat_outputs, make_task
-from orchestration.train.worker import BEST_FILE, STARTUP_KEY, STATE_FILE, train_fn_per_worker
+from orchestration.train.worker import (
+    BEST_FILE,
+    STARTUP_KEY,
+    STATE_FILE,
+    train_fn_per_worker,
+)
 
 
 def trainer_for(
@@ -27,17 +33,18 @@ def trainer_for(
     storage: str,
     name: str,
     callbacks: list | None = None,
-    started: float | None = None,
+    started: float | dict[str, float] | None = None,
 ):
     """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1.
 
     ``started`` (``time.time()`` when the job or trial began; now when not given) is what the
-    workers' start-up figures (``first_step_s``, ``startup_*``) are measured from.
+    workers' start-up figures (``first_step_s``, ``startup_*``) are measured from; a trial gives
+    ``{"started": ..., "trial_fn": ...}`` (its actor's start, its function's).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    marks = {"started": time.time() if started is None else started}
+    marks = dict(started) if isinstance(started, dict) else {"started": started or time.time()}
     datasets, weights = build_datasets(cfg), class_weights(cfg)
     marks["planned"] = time.time()
     use_gpu = cfg.gpus_per_worker > 0
@@ -64,6 +71,8 @@ def trainer_for(
 def check_job(cfg: TrainConfig) -> None:
     """Fail at once on an unknown model, a model of another task, or pretrained weights that
     cannot be had (never train random weights labelled "pretrained")."""
+    from models import WeightsNotFoundError, model_info, weights_available
+
     info = model_info(cfg.model)
     if info["task"] != cfg.task:
         raise ValueError(f"{cfg.model} is a {info['task']} model, not a {cfg.task} one")
@@ -93,6 +102,8 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 def load_best_model(cfg: TrainConfig, checkpoint_dir: str | Path) -> nn.Module:
     """The best model a checkpoint folder holds, in eval mode (its weights replace any
     pretrained ones, so none are loaded)."""
+    from models import build_model
+
     model = build_model(replace(cfg.model_spec(), pretrained=False))
     state = torch.load(Path(checkpoint_dir) / BEST_FILE, weights_only=True, map_location="cpu")
     model.load_state_dict(state)
@@ -100,14 +111,57 @@ def load_best_model(cfg: TrainConfig, checkpoint_dir: str | Path) -> nn.Module:
 
 
 def evaluate_local(cfg: TrainConfig, checkpoint_dir: str, split: str = "test") -> dict[str, Any]:
-    """Score the checkpoint's best model on ``split`` here, streaming its shards."""
+    """Score the checkpoint's best model on ``split`` here, streaming its shards.
+
+    A classifier's operating point is chosen on the validation split by ``cfg.threshold_rule``
+    and applied unchanged to ``split``; both splits' predictions come back (``predictions``:
+    one table per split, a column per field, the shards' metadata beside each score) for the
+    paired tests, subgroups and ensembles that compare models on the same cases.
+    """
     model = load_best_model(cfg, checkpoint_dir)
     task = make_task(cfg.task, cfg.in_chans, lesion_only=cfg.lesion_detector)
-    parts = [task.predict(model, collate(b)) for b in iter_split(cfg, split, cfg.batch_size)]
-    if not parts:
+    outputs = _predict(cfg, model, task, split)
+    if not outputs:
         return {"n": 0}
-    outputs = concat_outputs(parts)
-    return {"n": len(outputs["patient_id"]), **task.metrics(outputs, n_boot=cfg.bootstrap)}
+    if cfg.task != "classification":
+        return {"n": len(outputs["patient_id"]), **task.metrics(outputs, cfg.bootstrap)}
+    val = _predict(cfg, model, task, "val")
+    threshold = validation_threshold(val, cfg.threshold_rule) if val else None
+    chosen = {} if threshold is None else {"threshold": threshold}
+    metrics = task.metrics(outputs, cfg.bootstrap, **chosen)
+    tables = {split: prediction_table(cfg, split, outputs)}
+    if val:
+        tables["val"] = prediction_table(cfg, "val", val)
+    return {"n": len(outputs["patient_id"]), **metrics, "predictions": tables}
+
+
+def _predict(cfg: TrainConfig, model: nn.Module, task, split: str) -> dict[str, Any]:
+    parts = [task.predict(model, collate(b)) for b in iter_split(cfg, split, cfg.batch_size)]
+    return concat_outputs(parts)
+
+
+def validation_threshold(val: dict[str, Any], rule: str) -> float:
+    """A classifier's operating point on its malignant probability, chosen by ``rule`` on the
+    validation split's predictions."""
+    from orchestration.train.operating_point import choose_threshold
+
+    probs, labels = np.asarray(val["probs"]), np.asarray(val["label"])
+    return choose_threshold(labels == probs.shape[1] - 1, probs[:, -1], rule)
+
+
+def prediction_table(cfg: TrainConfig, split: str, outputs: dict[str, Any]) -> dict[str, list]:
+    """One split's classifier predictions beside the shards' metadata, row by row: ``key``,
+    ``patient_id``, side, view, lesion type, density, BI-RADS assessment, subtlety, ``label``,
+    ``positive`` (malignant) and ``score`` (the malignant probability)."""
+    meta = read_metadata(cfg, split)
+    if meta["key"] != list(outputs["key"]):
+        raise RuntimeError(f"{cfg.data}: {split} predictions are not in the shards' row order")
+    probs, labels = np.asarray(outputs["probs"]), np.asarray(outputs["label"])
+    return meta | {
+        "label": labels.tolist(),
+        "positive": (labels == probs.shape[1] - 1).tolist(),
+        "score": probs[:, -1].astype(float).tolist(),
+    }
 
 
 def _evaluate_task(cfg: TrainConfig, checkpoint, split: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from orchestration.train.metrics import (
     detection_metrics,
     segmentation_metrics,
     segmentation_scores,
+    threshold_metrics,
 )
 
 
@@ -28,6 +29,7 @@ def collate(batch: dict[str, np.ndarray], device: torch.device | str = "cpu") ->
         "image": _images(batch["image"], device),
         "label": torch.as_tensor(np.array(batch["label"], np.int64), device=device),
         "patient_id": [str(p) for p in batch["patient_id"]],
+        "key": [str(k) for k in batch["key"]] if "key" in batch else [],
     }
     if "mask" in batch:
         out["mask"] = torch.as_tensor(np.ascontiguousarray(batch["mask"]), device=device).float()
@@ -77,16 +79,23 @@ class Classification:
             "probs": probs.cpu().numpy(),
             "label": batch["label"].cpu().numpy(),
             "patient_id": batch["patient_id"],
+            "key": batch["key"],
         }
 
     def preview(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """Nothing extra: the ROC curve and confusion matrix come from all predictions."""
         return {}
 
-    def metrics(self, out: dict[str, Any], n_boot: int = 0) -> dict[str, Any]:
-        result = classification_metrics(out["label"], out["probs"])
+    def metrics(
+        self, out: dict[str, Any], n_boot: int = 0, threshold: float | None = None
+    ) -> dict[str, Any]:
+        """Split metrics; with ``threshold`` (chosen on validation), the binary ones at it."""
+        labels, probs = out["label"], out["probs"]
+        result = classification_metrics(labels, probs)
         if n_boot:
-            result |= classification_cis(out["label"], out["probs"], out["patient_id"], n_boot)
+            result |= classification_cis(labels, probs, out["patient_id"], n_boot)
+        if threshold is not None:
+            result |= threshold_metrics(labels, probs, threshold, out["patient_id"], n_boot)
         return result
 
 

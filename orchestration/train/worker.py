@@ -256,7 +256,8 @@ def _timings(stats: dict[str, Any], start: float, val_start: float) -> dict[str,
 
 def _startup(marks: dict[str, float], metrics: dict[str, Any]) -> dict[str, float]:
     """Start-up of this attempt, from ``started`` (the trial or job began; see ``trainer_for``)
-    to the end of the first optimiser step, by stage: the datasets planned (validation decoded),
+    to the end of the first optimiser step, by stage: a trial's actor (its start and imports),
+    the datasets planned (validation decoded),
     on to this function (Train controller, worker group, process group, imports), model build,
     checkpoint restore, the first batch (pipeline start and shuffle buffer), the first step."""
     out = {
@@ -266,7 +267,9 @@ def _startup(marks: dict[str, float], metrics: dict[str, Any]) -> dict[str, floa
         "startup_first_step_s": metrics["epoch_first_step_s"] - metrics["epoch_first_batch_s"],
     }
     if "started" in marks:
-        out["startup_datasets_s"] = marks["planned"] - marks["started"]
+        if "trial_fn" in marks:  # a Tune trial: its actor's start and imports
+            out["startup_trial_actor_s"] = marks["trial_fn"] - marks["started"]
+        out["startup_datasets_s"] = marks["planned"] - marks.get("trial_fn", marks["started"])
         out["startup_to_worker_s"] = marks["entry"] - marks["planned"]
         first_step = marks["epoch"] + metrics["epoch_first_step_s"]
         out["first_step_s"] = first_step - marks["started"]

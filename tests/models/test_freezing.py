@@ -158,3 +158,17 @@ def test_frozen_models_can_be_copied_and_pickled() -> None:
     for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
         clone.train()(torch.randn(2, 3, 8, 8))
         assert not clone[1].training and clone[3].training
+
+
+@pytest.mark.parametrize("name", ["vgg16", "mobilenetv2"])
+def test_the_studys_scratch_setting_freezes_random_early_layers(name: str) -> None:
+    # study_frozen: random weights, only the architecture's study_unfreeze last groups train
+    from tests.models.conftest import small_spec
+
+    study = model_info(name)["study_unfreeze"]
+    model = build_model(small_spec(name, pretrained=False, unfreeze=study))
+    groups = REGISTRY[name].groups(model)
+    frozen = set(chain(*groups[: len(groups) - study]))
+    assert frozen and {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    everything = build_model(small_spec(name, pretrained=False))  # scratch: all trains
+    assert all(p.requires_grad for p in everything.parameters())

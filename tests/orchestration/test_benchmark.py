@@ -19,6 +19,7 @@ from models import build_model, trainable_params
 from orchestration.benchmark import BenchmarkJob, run_benchmark
 from orchestration.results import tracking
 from orchestration.results.leaderboard import COLUMNS, markdown
+from orchestration.results.leaderboard import STUDY_PROTOCOL as STUDY
 from orchestration.settings import Settings
 from orchestration.train.config import TrainConfig
 from search_spaces import SpaceError
@@ -143,6 +144,16 @@ def _check_leaderboard(result: dict, folder: Path) -> None:
     assert 0 <= low <= test <= high <= 1 and 0 <= float(cls["auc"]) <= 1
     assert float(cls["trial_hours"]) > 0 and float(cls["gpu_hours"]) == 0  # CPU only
     assert "lr=0.001" in cls["best_params"]
+    # binary figures at the threshold chosen on validation, with patient-bootstrap CIs
+    assert 0 <= float(cls["threshold"]) <= 1 and 0 <= float(cls["accuracy_at_0_5"]) <= 1
+    for key in ("sensitivity", "specificity", "balanced_accuracy"):
+        low, value, high = (float(cls[f"{key}{end}"]) for end in ("_ci_low", "", "_ci_high"))
+        assert 0 <= low <= value <= high <= 1, key
+    assert 0 < float(cls["prevalence"]) < 1 and 0 <= float(cls["ece"]) <= 1
+    assert cls["protocol"].startswith("input: lesion crop, GT-localised; split: official test")
+    assert "threshold: Youden's J on validation" in cls["protocol"]
+    assert "compared with: the study's scratch row" in cls["protocol"]
+    assert seg["protocol"].endswith("compared with: the study's scratch row (" + STUDY + ")")
     assert skipped["status"] == "skipped" and skipped["published"] == "0.6294"
     assert seg["status"] == "done" and seg["published"] == "0.8402" and 0 <= float(seg["test"]) <= 1
     text = (folder / "leaderboard.md").read_text()
@@ -170,6 +181,28 @@ def test_shipped_benchmarks_load(name: str) -> None:
     ("body", "message"),
     [
         ("runs: []\n", "runs: must be a non-empty list"),
+        (
+            "runs:\n  - {model: unet, task: segmentation, input: whole}\n",
+            r"runs\[0\]\.input: 'whole' is for classification runs only",
+        ),
+        (
+            "runs:\n  - {model: vgg16, task: classification, input: roi}\n",
+            r"runs\[0\]\.input: 'roi'",
+        ),
+        ("defaults: {seeds: 0}\nruns:\n  - {model: vgg16, task: classification}\n", r"seeds: 0"),
+        (
+            "ensemble: {top_k: -1}\nruns:\n  - {model: vgg16, task: classification}\n",
+            r"ensemble\.top_k: -1",
+        ),
+        (
+            "defaults: {reduction_factor: 1}\nruns:\n  - {model: vgg16, task: classification}\n",
+            r"reduction_factor: 1.*at least 2",
+        ),
+        (
+            "defaults: {train: {threshold_rule: f1}}\n"
+            "runs:\n  - {model: vgg16, task: classification}\n",
+            r"threshold_rule: 'f1'",
+        ),
         ("runs:\n  - {model: vgg16}\n", r"runs\[0\]: needs model and task"),
         (
             "runs:\n  - {model: vgg16, task: classification, settings: [imagenet]}\n",
@@ -252,3 +285,25 @@ def test_a_failed_sweep_is_recorded_with_its_traceback_and_the_benchmark_goes_on
     trace = Path(path).read_text()
     assert trace.startswith("Traceback") and "in read_manifest" in trace, trace
     assert client.get_run(out["run_id"]).info.status == "FAILED"
+
+
+def test_markdown_says_when_accuracy_is_below_the_majority_class_rate() -> None:
+    row = dict.fromkeys(COLUMNS) | {
+        "model": "resnet50",
+        "task": "classification",
+        "setting": "scratch",
+        "status": "done",
+        "metric": "accuracy",
+        "published": 0.6154,
+        "published_other": "",
+        "test": 0.58,
+        "prevalence": 0.39,  # the official lesion test split: 61% benign
+        "sensitivity": 0.7,
+        "specificity": 0.5,
+        "threshold": 0.42,
+        "protocol": "input: lesion crop, GT-localised",
+    }
+    line = markdown([row]).splitlines()[2]
+    assert "accuracy 58.00% (below the majority-class rate 61.00%)" in line
+    assert "0.700 / 0.500 at 0.420" in line and line.endswith("input: lesion crop, GT-localised |")
+    assert "below" not in markdown([row | {"test": 0.62}])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from orchestration.train.metrics import (
     bootstrap_ci,
@@ -13,6 +15,7 @@ from orchestration.train.metrics import (
     classification_metrics,
     detection_metrics,
     froc_points,
+    safe_auc,
     segmentation_metrics,
     segmentation_scores,
 )
@@ -45,6 +48,17 @@ def test_three_class_uses_malignant_as_positive() -> None:
 def test_auc_is_nan_with_one_class() -> None:
     probs = np.array([[0.2, 0.8], [0.4, 0.6]])
     assert math.isnan(classification_metrics(np.array([1, 1]), probs)["auc"])
+
+
+def test_auc_counts_ties_half_as_sklearn_does() -> None:
+    # malignant .8, .5; benign .5, .2, .2: pairs won 3 + 3, the (.5, .5) tie half -> 5.5 / 6
+    positive = np.array([1, 1, 0, 0, 0], bool)
+    scores = np.array([0.8, 0.5, 0.5, 0.2, 0.2])
+    assert safe_auc(positive, scores) == pytest.approx(5.5 / 6)
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # the rank formula is sklearn's AUC, ties and all
+        truth, noisy = rng.random(60) < 0.4, np.round(rng.random(60), 1)
+        assert safe_auc(truth, noisy) == pytest.approx(roc_auc_score(truth, noisy), abs=1e-12)
 
 
 def test_bootstrap_resamples_whole_patients() -> None:

@@ -1,0 +1,81 @@
+"""Seed repeats: a sweep's best configuration trained again with other training seeds.
+
+One sweep picks one configuration from one training run of each; how much of its test figure is
+the seed's luck is the question a reviewer asks next. With ``seeds: N`` the best trial's params
+are trained N - 1 more times (seeds ``sweep.seed + 1`` ...), each a trial of the same trainable
+(one Ray Train job, a child run in MLflow), each tested once on the same test split. The
+figures reported are the mean and sample standard deviation over the N seeds, and each seed's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from orchestration.sweep_config import SweepConfig
+from orchestration.train.config import TASK_METRIC, TrainConfig
+from orchestration.train.driver import evaluate_checkpoint, open_checkpoint
+
+PRIMARY = {"classification": "accuracy", "segmentation": "dice", "detection": "map50"}
+
+
+def run_seed_repeats(
+    sweep: SweepConfig,
+    base: TrainConfig,
+    best: dict[str, Any],
+    trainable: str,
+    storage: str,
+    name: str,
+    callbacks: list,
+) -> list[dict[str, Any]]:
+    """Train the best params with ``sweep.seeds - 1`` other seeds and test each; one dict a
+    seed: ``{"seed", "test"}`` or ``{"seed", "error"}``. A resumed sweep restores them."""
+    from ray import tune
+
+    path = f"{storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        seeds = [sweep.seed + k for k in range(1, sweep.seeds)]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**best["params"], "seed": tune.grid_search(seeds)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=sweep.max_concurrent or len(seeds), reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            ),
+        )
+    return [_tested(result, base, storage) for result in tuner.fit()]
+
+
+def _tested(result, base: TrainConfig, storage: str) -> dict[str, Any]:
+    seed = result.config["seed"]
+    checkpoint = (result.metrics or {}).get("checkpoint_path")
+    if result.error or not checkpoint:
+        return {"seed": seed, "error": str(result.error or "no checkpoint")}
+    cfg = base.with_params(result.config)
+    test = evaluate_checkpoint(cfg, open_checkpoint(checkpoint, storage))
+    test.pop("predictions", None)
+    return {"seed": seed, "test": test}
+
+
+def seed_figures(task: str, seed: int, first: dict[str, Any], repeats: list[dict]) -> dict:
+    """Mean, sample sd and per-seed values of the task's test metric (and a classifier's AUC)
+    over the best trial (``seed``) and its repeats; failed repeats are left out, counted."""
+    tested = [(seed, first), *((r["seed"], r["test"]) for r in repeats if "test" in r)]
+    out: dict[str, Any] = {"seeds": len(tested), "seeds_failed": len(repeats) + 1 - len(tested)}
+    metrics = {PRIMARY[task], TASK_METRIC[task]}
+    for metric in sorted(metrics):
+        pairs = {s: float(test[metric]) for s, test in tested if test.get(metric) is not None}
+        if not pairs:
+            continue
+        values = list(pairs.values())
+        out[f"seed_mean_{metric}"] = statistics.fmean(values)
+        out[f"seed_sd_{metric}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[f"seed_values_{metric}"] = pairs
+    return out

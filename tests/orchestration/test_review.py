@@ -1,0 +1,227 @@
+"""What a reviewer reads: seed repeats, rows grouped, notes said once; and a benchmark whose
+classifiers are compared, ensembled and described end to end (local Ray, a real MLflow store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestration.results import tracking
+from orchestration.results.leaderboard import COLUMNS, markdown, order_rows, seed_columns
+from orchestration.seeds import seed_figures
+from orchestration.train.config import TrainConfig
+
+
+def test_seed_figures_by_hand() -> None:
+    # accuracy 0.70 (seed 0), 0.60 and 0.80: mean 0.70, sample sd 0.10; AUC .9, .8, .7 likewise
+    first = {"accuracy": 0.7, "auc": 0.9}
+    repeats = [
+        {"seed": 1, "test": {"accuracy": 0.6, "auc": 0.8}},
+        {"seed": 2, "test": {"accuracy": 0.8, "auc": 0.7}},
+        {"seed": 3, "error": "worker died"},
+    ]
+    got = seed_figures("classification", 0, first, repeats)
+    assert got["seeds"] == 3 and got["seeds_failed"] == 1
+    assert got["seed_mean_accuracy"] == pytest.approx(0.7)
+    assert got["seed_sd_accuracy"] == pytest.approx(0.1)
+    assert got["seed_mean_auc"] == pytest.approx(0.8) and got["seed_sd_auc"] == pytest.approx(0.1)
+    assert got["seed_values_accuracy"] == {0: 0.7, 1: 0.6, 2: 0.8}
+
+
+def test_with_seeds_test_is_the_mean_and_the_cell_says_so() -> None:
+    metrics = {"seeds": 2.0, "seed_mean_accuracy": 0.65, "seed_sd_accuracy": 0.0707}
+    tags = {tracking.SEEDS_TAG: json.dumps({"seed_values_accuracy": {"0": 0.7, "1": 0.6}})}
+    got = seed_columns("accuracy", metrics, tags)
+    assert got == {
+        "test": 0.65,
+        "test_sd": 0.0707,
+        "seeds": 2,
+        "test_seeds": "seed 0: 0.7000, seed 1: 0.6000",
+    }
+    assert seed_columns("accuracy", {}, {}) == {"seeds": None}
+    row = _row("vgg16", "classification", "scratch") | got | {"test_ci_low": 0.6}
+    row |= {"test_ci_high": 0.8, "prevalence": 0.4}
+    line = markdown([row]).splitlines()[2]
+    assert (
+        "accuracy 65.00% ± 7.07% (mean ± sd of 2 seeds) [60.00%, 80.00%] of the best trial" in line
+    )
+
+
+def _row(model: str, task: str, setting: str, **extra) -> dict:
+    metric = {"classification": "accuracy", "segmentation": "dice"}.get(task, "map50")
+    return dict.fromkeys(COLUMNS) | {
+        "model": model,
+        "task": task,
+        "setting": setting,
+        "status": "done",
+        "metric": metric,
+        "published_other": "",
+        **extra,
+    }
+
+
+def test_rows_grouped_by_task_then_architecture_scratch_beside_pretrained() -> None:
+    order = [
+        ("unet", "scratch", "crop"),
+        ("vgg16", "scratch", "crop"),
+        ("vgg16", "pretrained", "crop"),
+        ("resnet50", "scratch", "crop"),
+        ("vgg16", "scratch", "whole"),
+    ]
+    rows = [
+        _row("vgg16", "classification", "scratch", input="whole"),
+        _row("ensemble", "classification", "top-2 by val AUC", input="crop"),
+        _row("unet", "segmentation", "scratch"),
+        _row("resnet50", "classification", "scratch", input="crop"),
+        _row("vgg16", "classification", "pretrained", input="crop"),
+        _row("vgg16", "classification", "scratch", input="crop"),
+    ]
+    got = [(r["model"], r["setting"], r["input"]) for r in order_rows(rows, order)]
+    assert got == [
+        ("vgg16", "scratch", "crop"),
+        ("vgg16", "pretrained", "crop"),
+        ("vgg16", "scratch", "whole"),
+        ("resnet50", "scratch", "crop"),
+        ("ensemble", "top-2 by val AUC", "crop"),
+        ("unet", "scratch", None),
+    ]
+
+
+def test_a_skip_reason_many_rows_share_is_said_once() -> None:
+    reason = "no weights file in /w: run where there is internet"
+    rows = [
+        _row(m, "classification", "pretrained", status="skipped", note=reason)
+        for m in ("vgg16", "resnet50", "densenet121")
+    ]
+    text = markdown(rows)
+    assert text.count(reason) == 1
+    assert (
+        f"- **vgg16 (pretrained)**, **resnet50 (pretrained)**, **densenet121 (pretrained)** "
+        f"skipped: {reason}" in text
+    )
+
+
+def test_study_frozen_keeps_the_studys_unfreeze_through_a_trial(prepared_small: Path) -> None:
+    from models import model_info
+    from orchestration.benchmark import study_frozen
+
+    train = study_frozen("vgg16")
+    assert train == {"freeze_scratch": True, "unfreeze": model_info("vgg16")["study_unfreeze"]}
+    base = TrainConfig(model="vgg16", data=str(prepared_small), **train).with_manifest()
+    trial = base.with_params({"pretrained": False, "lr": 1e-3})
+    assert trial.model_spec().unfreeze == train["unfreeze"] and not trial.model_spec().pretrained
+    plain = TrainConfig(model="vgg16", data=str(prepared_small), unfreeze=2).with_manifest()
+    assert plain.with_params({"pretrained": False}).model_spec().unfreeze == "all"
+    with pytest.raises(ValueError, match="froze no layers"):
+        study_frozen("unet")
+
+
+REVIEWED = """description: three classifiers, one on whole images, one with two seeds
+synth: {patients: 40, seed: 0}
+parallel_sweeps: 2
+prepare: {cls_size: 32, seg_size: 32, det_size: 64, shard_size: 32, val_fraction: 0.25}
+ensemble: {top_k: 2}
+defaults:
+  samples: 1
+  max_epochs: 1
+  scheduler: fifo
+  fix: {lr: 1.0e-3, batch_size: 16}
+  train: {bootstrap: 50}
+runs:
+  - {model: mobilenetv2, task: classification, settings: [scratch], seeds: 2}
+  - {model: efficientnet_b0, task: classification, settings: [scratch]}
+  - {model: mobilenetv2, task: classification, settings: [scratch], input: whole}
+"""
+
+
+@pytest.mark.slow  # four Train runs and their tests: minutes
+def test_a_benchmark_compares_ensembles_and_describes_its_classifiers(
+    tmp_path: Path, ray_local: str
+) -> None:
+    from orchestration.benchmark import BenchmarkJob, run_benchmark
+    from orchestration.results.report import write_report
+    from orchestration.settings import Settings
+    from orchestration.train.operating_point import holm
+    from search_spaces.benchmarks import load_benchmark
+
+    (tmp_path / "reviewed.yaml").write_text(REVIEWED)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = Settings(tmp_path, uri, str(tmp_path / "ray"), None)
+    job = BenchmarkJob(load_benchmark(tmp_path / "reviewed.yaml"))
+    out = run_benchmark(job, settings, lambda _: None)
+    assert out["failed"] == [] and set(out) >= {"run_id", "folder"}
+    rows = _csv_rows(Path(out["folder"]) / "leaderboard.csv")
+    _check_rows(rows)
+    client = tracking.client_for(settings.tracking_uri)
+    analysis = json.loads(
+        Path(client.download_artifacts(out["run_id"], "analysis.json", str(tmp_path))).read_text()
+    )
+    (crop,) = analysis["comparisons"]  # the whole-image classifier is alone in its group
+    assert crop["input"] == "crop" and set(crop["models"]) == {
+        "ensemble",
+        "mobilenetv2-scratch",
+        "efficientnet_b0-scratch",
+    }
+    raw = {pair: v["p"] for pair, v in crop["pairs"].items()}
+    assert {pair: v["p_holm"] for pair, v in crop["pairs"].items()} == pytest.approx(holm(raw))
+    for name in crop["models"]:  # every crop classifier binned on the same test cases
+        assert sum(b["count"] for b in analysis["calibration"][name]["bins"]) == crop["n"]
+    groups = {s["group"] for s in analysis["subgroups"]["mobilenetv2-scratch"]}
+    assert groups >= {"lesion_type", "breast_density", "view"}
+    facts = analysis["protocol"]["facts"]
+    assert 0 <= facts["mixed_test_images"] <= facts["test_images"] and facts["seeds"] == 2
+    _check_registered_threshold(client, rows)
+    page = write_report(client, job.experiment, tmp_path / "report", tmp_path, out["run_id"])
+    text = page.read_text()
+    for heading in ("DeLong", "Calibration", "How our protocol differs", "Subgroups", "seeds"):
+        assert heading in text, heading
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _name(row: dict[str, str]) -> str:
+    if row["model"] == "ensemble":
+        return "ensemble"
+    return f"{row['model']}-{row['setting']}" + ("-whole" if row["input"] == "whole" else "")
+
+
+def _check_rows(rows: list[dict[str, str]]) -> None:
+    by = {_name(r): r for r in rows}
+    assert list(by) == [  # grouped: architecture by architecture, the ensemble last
+        "mobilenetv2-scratch",
+        "mobilenetv2-scratch-whole",
+        "efficientnet_b0-scratch",
+        "ensemble",
+    ]
+    seeded = by["mobilenetv2-scratch"]
+    values = [float(v.split(": ")[1]) for v in seeded["test_seeds"].split(", ")]
+    assert seeded["seeds"] == "2" and len(values) == 2
+    assert float(seeded["test"]) == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert float(seeded["test_sd"]) == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-4)
+    crop = [by[n] for n in ("mobilenetv2-scratch", "efficientnet_b0-scratch", "ensemble")]
+    assert [r["vs_best"] == "best" for r in crop].count(True) == 1
+    assert all("Holm p" in r["vs_best"] for r in crop if r["vs_best"] != "best")
+    whole = by["mobilenetv2-scratch-whole"]
+    assert whole["protocol"].startswith("input: whole image") and whole["vs_best"] == ""
+    ensemble = by["ensemble"]
+    assert (
+        "mobilenetv2-scratch" in ensemble["note"] and "efficientnet_b0-scratch" in ensemble["note"]
+    )
+    for row in (*crop, whole):
+        assert 0 <= float(row["threshold"]) <= 1 and 0 <= float(row["breast_auc"]) <= 1
+        assert float(row["auc_ci_low"]) <= float(row["auc"]) <= float(row["auc_ci_high"])
+
+
+def _check_registered_threshold(client, rows: list[dict[str, str]]) -> None:
+    """The operating point chosen on validation is stored with the registered model."""
+    row = next(r for r in rows if _name(r) == "efficientnet_b0-scratch")
+    (version,) = client.search_model_versions("name='mammobench-efficientnet_b0-classification'")
+    assert float(version.tags["threshold"]) == pytest.approx(float(row["threshold"]))
+    assert version.tags["threshold_rule"] == "youden"
