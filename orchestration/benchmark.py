@@ -10,7 +10,6 @@ back from MLflow and written beside the report.
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -20,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from models import ModelSpec, model_info, weights_available
+from orchestration.benchmark_data import Prepared, facts, prepare_benchmark, synthesise
 from orchestration.results import tracking
 from orchestration.results.leaderboard import leaderboard, write_leaderboard
 from orchestration.results.review import analyse, log_review
 from orchestration.settings import Settings
 from orchestration.stopwatch import Stopwatch
-from orchestration.train.config import TrainConfig, read_manifest, shard_paths
+from orchestration.train.config import TrainConfig
 from orchestration.tune import ClusterTooSmall, SweepConfig, max_concurrent_trials, run_sweep
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
-
-SYNTH_DONE = ".synth-complete"
 
 
 @dataclass(frozen=True)
@@ -43,10 +41,20 @@ class BenchmarkJob:
     resume: bool = False
     weights_dir: str | None = None
     seeds: int | None = None  # every run's seeds (``--seeds``) [default: the config's]
+    vary_split: bool | None = None  # repeats draw new validation splits [default: the config's]
 
     @property
     def experiment(self) -> str:
         return f"benchmark-{self.bench.name}"
+
+    @property
+    def max_seeds(self) -> int:
+        """The most seeds any run trains its best params with."""
+        return max(self.seeds or run.sweep.get("seeds", 1) for run in self.bench.runs)
+
+    @property
+    def split_varied(self) -> bool:
+        return self.bench.vary_split if self.vary_split is None else self.vary_split
 
 
 def run_benchmark(
@@ -60,8 +68,8 @@ def run_benchmark(
     )
     name = benchmark_name(job, client, exp_id)
     clock = Stopwatch()
-    preps = prepared_data(job, settings, echo, clock)
-    prep = preps["crop"]
+    prepared = prepared_data(job, settings, echo, clock)
+    prep = prepared.crop
     top = tracking.SweepRun.open(
         client,
         exp_id,
@@ -82,7 +90,7 @@ def run_benchmark(
     )
 
     def one(run: BenchmarkRun) -> bool:
-        return _run_one(job, run, name, preps, settings, top, echo)
+        return _run_one(job, run, name, prepared, settings, top, echo)
 
     with (
         clock("sweeps"),
@@ -91,8 +99,8 @@ def run_benchmark(
         done = list(pool.map(one, job.bench.runs))
     failed = [run.key for run, ok in zip(job.bench.runs, done, strict=True) if not ok]
     with clock("review"):
-        review = analyse(client, exp_id, top, name, _review_options(job), facts(job, preps))
-        log_review(client, top.run_id, review)
+        if not _review(job, client, exp_id, top, name, prepared, echo):
+            failed.append("review")
     with clock("leaderboard"):
         keys = [(r.model, r.setting, r.input) for r in job.bench.runs]
         rows = leaderboard(client, exp_id, top.run_id, keys)
@@ -110,6 +118,21 @@ def run_benchmark(
         "prepared": str(prep),
         "timings": clock.seconds,
     }
+
+
+def _review(job: BenchmarkJob, client, exp_id: str, top, name: str, prepared, echo) -> bool:
+    """The classifiers compared, ensembled and described (``review.analyse``); False when that
+    failed: the error is said and kept as the benchmark run's ``review_error.txt``, and the
+    leaderboard is still written."""
+    try:
+        protocol = facts(job.bench, prepared, job.max_seeds)
+        review = analyse(client, exp_id, top, name, _review_options(job), protocol)
+    except Exception as exc:  # the sweeps' results must still reach the leaderboard
+        client.log_text(top.run_id, traceback.format_exc(), "review_error.txt")
+        echo(f"review failed: {type(exc).__name__}: {exc} (review_error.txt of {top.run_id})")
+        return False
+    log_review(client, top.run_id, review)
+    return True
 
 
 def parallel_sweeps(bench: Benchmark) -> int:
@@ -143,12 +166,13 @@ def benchmark_name(job: BenchmarkJob, client, exp_id: str) -> str:
 
 def prepared_data(
     job: BenchmarkJob, settings: Settings, echo: Callable[[str], None], clock: Stopwatch
-) -> dict[str, Path]:
-    """The prepared shards by classification input (``crop``, and ``whole`` when a run asks
-    for whole images): given, already there for this config and data, or made now (timed:
-    ``clock``'s ``synth`` and ``prepare``)."""
+) -> Prepared:
+    """The prepared shards: given, already there for this config and data, or made now (timed:
+    ``clock``'s ``synth`` and ``prepare``); with ``vary_split``, one set per repeat's seed."""
     if job.data is not None and (job.data / "manifest.json").is_file():
-        return {"crop": job.data.resolve(), "given": job.data.resolve()}
+        if job.split_varied:
+            raise ValueError("--vary-split prepares the data again: pass a download, not shards")
+        return Prepared(job.data.resolve(), given=True)
     data = job.data
     if data is None:
         if not job.bench.synth:
@@ -159,52 +183,17 @@ def prepared_data(
         with clock("synth"):
             data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
     out = (job.prep or settings.home / "prepared" / job.bench.name).resolve()
+    split_seeds = list(range(1, job.max_seeds)) if job.split_varied else []
+    repeated = {run.task for run in job.bench.runs if (job.seeds or run.sweep.get("seeds", 1)) > 1}
     with clock("prepare"):
-        preps = {"crop": prepare_once(data, out, job.bench.prepare, echo)}
-        if any(run.input == "whole" for run in job.bench.runs):
-            whole = {**job.bench.prepare, "cls_input": "whole"}
-            wout = out.with_name(f"{out.name}-whole")
-            preps["whole"] = prepare_once(data, wout, whole, echo, ("classification",))
-    return preps
-
-
-def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) -> Path:
-    """The demo's synthetic download, written once (same seed, same bytes)."""
-    from data_pipeline.synth import SynthConfig, make_synthetic
-
-    if not (out / SYNTH_DONE).is_file():
-        echo(f"synthesising a CBIS-shaped dataset of {synth.get('patients', 24)} patients in {out}")
-        make_synthetic(out, SynthConfig(**synth))
-        (out / SYNTH_DONE).write_text("")
-    return out
-
-
-def prepare_once(
-    data: Path,
-    out: Path,
-    options: dict[str, Any],
-    echo: Callable[[str], None],
-    tasks: tuple[str, ...] | None = None,
-) -> Path:
-    """Prepare ``tasks`` (default: all) of ``data`` into ``out`` (a no-op when shards of the
-    same inputs are there)."""
-    from data_pipeline import TASKS
-    from data_pipeline.catalog import build_catalog
-    from data_pipeline.convert import prepare
-    from data_pipeline.prepare_plan import PrepareConfig
-
-    cfg = PrepareConfig(tasks=tasks or TASKS, **options)
-    catalog = build_catalog(data, None, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    echo(f"preparing {data} into {out}")
-    prepare(catalog, out, cfg, print_fn=echo)
-    return out
+        return prepare_benchmark(job.bench, data, out, echo, split_seeds, tuple(sorted(repeated)))
 
 
 def _run_one(
     job: BenchmarkJob,
     run: BenchmarkRun,
     bench: str,
-    preps: dict[str, Path],
+    prepared: Prepared,
     settings: Settings,
     top: tracking.SweepRun,
     echo: Callable[[str], None],
@@ -233,8 +222,8 @@ def _run_one(
             return True
     echo(f"{run.key}: sweeping {run.model} on {run.task} ({run.setting})")
     try:
-        prep = shards_for(run, preps)
-        summary = run_sweep(_sweep_config(job, run, name, prep, top, tags), settings)
+        config = _sweep_config(job, run, name, prepared, top, tags)
+        summary = run_sweep(config, settings)
     except Exception as exc:  # one broken architecture must not end a many-hour benchmark
         error = f"{type(exc).__name__}: {exc}"
         run_id = tracking.record_outcome(
@@ -249,23 +238,6 @@ def _run_one(
         echo(f"{run.key}: failed: {error} (traceback: {tracking.ERROR_FILE} of run {run_id})")
         return False
     return summary["best"] is not None
-
-
-def shards_for(run: BenchmarkRun, preps: dict[str, Path]) -> Path:
-    """The prepared data of a run: its classification input's shards."""
-    if run.task != "classification":
-        return preps["crop"]
-    if "given" in preps:
-        manifest = read_manifest(preps["given"], "classification")
-        prepared = manifest.get("config", {}).get("cls_input", "crop")
-        if prepared != run.input:
-            raise ValueError(
-                f"{run.key} needs classification shards of input {run.input!r}; "
-                f"{preps['given']} holds {prepared!r} (prepare --input {run.input}, or pass "
-                "the CBIS-DDSM download and let the benchmark prepare both)"
-            )
-        return preps["given"]
-    return preps[run.input]
 
 
 def study_frozen(model: str) -> dict[str, Any]:
@@ -286,68 +258,11 @@ def _review_options(job: BenchmarkJob) -> dict[str, Any]:
     }
 
 
-def facts(job: BenchmarkJob, preps: dict[str, Path]) -> dict[str, Any]:
-    """The benchmark config and what the prepared data says, for the protocol section."""
-    prep = preps.get("given") or preps["crop"]
-    config = read_manifest(prep, next(iter(_tasks(prep)))).get("config", {})
-    images, mixed = test_images(preps)
-    seeds = max((job.seeds or run.sweep.get("seeds", 1) for run in job.bench.runs), default=1)
-    return {
-        "bench": job.bench.to_dict(),
-        "facts": {
-            "test_images": images,
-            "mixed_test_images": mixed,
-            "val_fraction": config.get("val_fraction"),
-            "test_prevalence": _prevalence(prep),
-            "seeds": seeds,
-        },
-    }
-
-
-def _tasks(prep: Path) -> list[str]:
-    return list(json.loads((prep / "manifest.json").read_text()).get("tasks", {}))
-
-
-def test_images(preps: dict[str, Path]) -> tuple[int | None, int | None]:
-    """Whole test images, and how many of them hold lesions of both CSVs (mass and calc), from
-    the whole-image shards (detection, else whole-image classification); None without them."""
-    for prep in (preps.get("given"), preps["crop"], preps.get("whole")):
-        for task in ("detection", "classification") if prep else ():
-            if task not in _tasks(prep) or not _whole_images(prep, task):
-                continue
-            types = _column(prep, task, "lesion_type")
-            return len(types), sum("+" in str(t) for t in types)
-    return None, None
-
-
-def _whole_images(prep: Path, task: str) -> bool:
-    config = read_manifest(prep, task).get("config", {})
-    return task == "detection" or config.get("cls_input") == "whole"
-
-
-def _prevalence(prep: Path) -> float | None:
-    if "classification" not in _tasks(prep):
-        return None
-    labels = _column(prep, "classification", "label")
-    config = read_manifest(prep, "classification").get("config", {})
-    malignant = 2 if config.get("label_map") == "3class" else 1
-    return sum(label == malignant for label in labels) / len(labels) if labels else None
-
-
-def _column(prep: Path, task: str, name: str) -> list:
-    import pyarrow.parquet as pq
-
-    values = []
-    for path in shard_paths(prep, task, "test"):
-        values += pq.read_table(path, columns=[name]).column(name).to_pylist()
-    return values
-
-
 def _sweep_config(
     job: BenchmarkJob,
     run: BenchmarkRun,
     name: str,
-    prep: Path,
+    prepared: Prepared,
     top: tracking.SweepRun,
     tags: dict[str, str],
 ) -> SweepConfig:
@@ -365,7 +280,8 @@ def _sweep_config(
     )
     return SweepConfig(
         model=run.model,
-        data=str(prep),
+        data=str(prepared.for_run(run)),
+        split_data=prepared.split_data(run),
         task=run.task,
         name=name,
         resume=exists,

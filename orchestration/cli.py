@@ -502,6 +502,13 @@ def benchmark(
             min=1, help="Train each row's best params with N seeds [default: the config's]."
         ),
     ] = None,
+    vary_split: Annotated[
+        bool | None,
+        typer.Option(
+            "--vary-split/--no-vary-split",
+            help="Seed repeats also draw a new validation split [default: the config's].",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
@@ -520,7 +527,7 @@ def benchmark(
         if data is None and not bench.synth:
             raise ValueError(f"{bench.path} has no synth section: pass --data")
     init_ray(ctx.obj.address)
-    job = BenchmarkJob(bench, data, prep, name, resume, weights_dir, seeds)
+    job = BenchmarkJob(bench, data, prep, name, resume, weights_dir, seeds, vary_split)
     with user_errors(SpaceError):
         result = run_benchmark(job, ctx.obj, typer.echo)
     report = write_report(

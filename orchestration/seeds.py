@@ -3,12 +3,15 @@
 One sweep picks one configuration from one training run of each; how much of its test figure is
 the seed's luck is the question a reviewer asks next. With ``seeds: N`` the best trial's params
 are trained N - 1 more times (seeds ``sweep.seed + 1`` ...), each a trial of the same trainable
-(one Ray Train job, a child run in MLflow), each tested once on the same test split. The
-figures reported are the mean and sample standard deviation over the N seeds, and each seed's.
+(one Ray Train job, a child run in MLflow), each tested once on the same test split. With
+``split_data`` the repeat of seed k also trains on shards prepared with validation-split seed k
+(``vary_split``): the variance then includes the split's. The figures reported are the mean and
+sample standard deviation over the N seeds, and each seed's.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Any
 
@@ -39,7 +42,7 @@ def run_seed_repeats(
         seeds = [sweep.seed + k for k in range(1, sweep.seeds)]
         tuner = tune.Tuner(
             trainable,
-            param_space={**best["params"], "seed": tune.grid_search(seeds)},
+            param_space={**best["params"], **repeat_space(seeds, sweep.split_data)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=sweep.max_concurrent or len(seeds), reuse_actors=True
             ),
@@ -51,6 +54,27 @@ def run_seed_repeats(
             ),
         )
     return [_tested(result, base, storage) for result in tuner.fit()]
+
+
+def repeat_space(seeds: list[int], split_data: dict[int, str]) -> dict[str, Any]:
+    """One trial per seed; with ``split_data`` (seed -> shards prepared with that validation
+    split's seed) each trial also trains and selects on its own split."""
+    from ray import tune
+
+    if not split_data:
+        return {"seed": tune.grid_search(seeds)}
+    missing = [s for s in seeds if s not in split_data]
+    if missing:
+        raise ValueError(f"no shards prepared with the validation split of seed(s) {missing}")
+    by_data = {split_data[s]: s for s in seeds}
+    return {
+        "data": tune.grid_search([split_data[s] for s in seeds]),
+        "seed": tune.sample_from(functools.partial(_seed_of, by_data)),
+    }
+
+
+def _seed_of(by_data: dict[str, int], spec) -> int:
+    return by_data[spec.config["data"]]
 
 
 def _tested(result, base: TrainConfig, storage: str) -> dict[str, Any]:

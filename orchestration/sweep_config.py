@@ -30,6 +30,7 @@ class SweepConfig:
     max_failures: int = 1
     seed: int = 0
     seeds: int = 1  # the best params trained with this many seeds in all (mean +- sd reported)
+    split_data: dict[int, str] = field(default_factory=dict)  # seed -> shards of its val split
     experiment: str | None = None
     parent_run: str | None = None
     max_concurrent: int | None = None  # autoscaling clusters: set it, nodes are not up yet

@@ -9,6 +9,7 @@ A benchmark file (``search_spaces/benchmarks/*.yaml``, or any path) has::
       - {model: vgg16, task: classification, settings: [scratch, pretrained]}
       - {model: vgg16, task: classification, input: whole}   # the study's whole-image input
     ensemble: {top_k: 3}                    # the ensemble row: top-k classifiers by val AUC
+    vary_split: false                       # seed repeats also draw a new validation split
 
 Each run becomes one sweep per setting (``scratch``/``pretrained``, both by default;
 ``study_frozen``: the study's "from scratch" models, random weights with the early stages
@@ -45,7 +46,16 @@ from search_spaces import (
 BENCH_DIR = SPACES_DIR / "benchmarks"
 SETTINGS = ("scratch", "pretrained", "study_frozen")  # study_frozen: the study's scratch models
 DEFAULT_SETTINGS = ("scratch", "pretrained")
-TOP_KEYS = {"description", "synth", "prepare", "defaults", "runs", "parallel_sweeps", "ensemble"}
+TOP_KEYS = {
+    "description",
+    "synth",
+    "prepare",
+    "defaults",
+    "runs",
+    "parallel_sweeps",
+    "ensemble",
+    "vary_split",
+}
 INPUTS = ("crop", "whole")  # a classification run's input: a lesion crop, or the whole image
 ENSEMBLE_KEYS = {"top_k": int}
 SYNTH_KEYS = {"patients": int, "seed": int}
@@ -138,6 +148,7 @@ class Benchmark:
     runs: list[BenchmarkRun]
     parallel_sweeps: int = 1  # sweeps at once (when the cluster fits their trials)
     ensemble_top_k: int = 3  # classifiers averaged by the ensemble row (chosen on validation)
+    vary_split: bool = False  # seed repeats also draw a new validation split (prepared again)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +199,9 @@ def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchm
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise SpaceError(f"{path}: parallel_sweeps: {parallel!r} is not a positive integer")
     ensemble = _typed(path, "ensemble", data.get("ensemble") or {}, ENSEMBLE_KEYS)
+    vary_split = data.get("vary_split", False)
+    if not isinstance(vary_split, bool):
+        raise SpaceError(f"{path}: vary_split: {vary_split!r} is not true or false")
     return Benchmark(
         path.stem,
         str(path),
@@ -197,6 +211,7 @@ def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchm
         expanded,
         parallel,
         ensemble.get("top_k", 3),
+        vary_split,
     )
 
 

@@ -37,6 +37,11 @@ CI_KEYS = ("auc", "sensitivity", "specificity", "balanced_accuracy")  # test_*_c
 PARAMS = ("lr", "unfreeze", "batch_size", "weight_decay")
 INPUTS = {"crop": "lesion crop, GT-localised", "whole": "whole image"}
 STUDY_PROTOCOL = "whole mammograms at 224 px, augmented before the split, test accuracy"
+STUDY_PROTOCOLS = {  # what the study's published row of each task measured
+    "classification": STUDY_PROTOCOL,
+    "segmentation": "tumour crops at 512 px, augmented before the split, test Dice",
+    "detection": "no figure published",
+}
 COLUMNS = [
     "model",
     "task",
@@ -164,7 +169,9 @@ def protocol(task: str, tags: dict, metrics: dict, compared: bool, setting: str)
     rule = tags.get(tracking.THRESHOLD_TAG)
     if rule:
         parts.append(f"threshold: {THRESHOLD_TEXT.get(rule, rule)}")
-    study = f"the study's {setting} row ({STUDY_PROTOCOL})" if compared else "no published row"
+    study = "no published row"
+    if compared:
+        study = f"the study's {setting} row ({STUDY_PROTOCOLS.get(task, '?')})"
     return "; ".join([*parts, f"compared with: {study}"])
 
 
@@ -236,7 +243,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [_md_row(HEADER), _md_row(["---"] * len(HEADER))]
     for row in rows:
         lines.append(_md_row(cells(row)))
-    notes = [f"- {', '.join(names)} {text}" for text, names in shared_notes(rows).items()]
+    notes = [line for group in shared_notes(rows) for line in _note_lines(group)]
     text = "\n".join(lines) + "\n"
     if any(row["task"] == "detection" for row in rows):
         notes.append(f"- **Detection**: {DETECTION_RULE}.")
@@ -245,14 +252,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return text
 
 
-def shared_notes(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Each distinct ``status: note`` and the rows (``**model (setting)**``) that have it."""
-    notes: dict[str, list[str]] = {}
+def shared_notes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows' notes grouped by their status and first line (the reason: eight pretrained
+    rows skipped for want of weights share one): ``{"head", "rows", "common", "own"}``, where
+    ``common`` are the further lines every row of the group has and ``own`` each row's other
+    lines (``[(row, lines)]``, e.g. the command that makes its weights file)."""
+    groups: dict[str, list[tuple[dict[str, Any], list[str]]]] = {}
     for row in rows:
         if row["note"]:
-            text = f"{row['status']}: {row['note']}"
-            notes.setdefault(text, []).append(f"**{row['model']} ({row['setting']})**")
-    return notes
+            first, *rest = str(row["note"]).splitlines()
+            groups.setdefault(f"{row['status']}: {first}", []).append((row, rest))
+    out = []
+    for head, members in groups.items():
+        common = [line for line in members[0][1] if all(line in rest for _, rest in members)]
+        own = [(row, [line for line in rest if line not in common]) for row, rest in members]
+        rows_of = [row for row, _ in members]
+        out.append({"head": head, "rows": rows_of, "common": common, "own": own})
+    return out
+
+
+def _note_lines(group: dict[str, Any]) -> list[str]:
+    names = ", ".join(f"**{r['model']} ({r['setting']})**" for r in group["rows"])
+    lines = [f"- {names} {group['head']}"]
+    lines += [f"  {line.strip()}" for line in group["common"]]
+    lines += [
+        f"  - {row['model']}: {' '.join(line.strip() for line in own)}"
+        for row, own in group["own"]
+        if own
+    ]
+    return lines
 
 
 def cells(row: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from orchestration.results import review_plots
-from orchestration.results.leaderboard import HEADER, cells
+from orchestration.results.leaderboard import HEADER, cells, shared_notes
 from orchestration.train.metrics import DETECTION_RULE
 
 DELONG_NOTE = (
@@ -73,15 +73,14 @@ def leaderboard_section(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def grouped_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """``<status>: <note> — <models> (<setting>)`` once per distinct note, in first-seen order."""
-    by_note: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row.get("note"):
-            by_note.setdefault(row["note"], []).append(row)
+    """``<status>: <reason> — <models> (<setting>)`` once per reason (``shared_notes``: the
+    note's first line), then the lines all those rows share, then each row's own lines."""
     lines = []
-    for note, group in by_note.items():
-        status = "/".join(dict.fromkeys(str(r["status"]) for r in group))
-        lines.append(f"{status}: {note} — {_names_by_setting(group)}")
+    for group in shared_notes(list(rows)):
+        text = f"{group['head']} — {_names_by_setting(group['rows'])}"
+        text += "".join(f" {line.strip()}" for line in group["common"])
+        own = [f"; {r['model']}: {' '.join(x.strip() for x in x)}" for r, x in group["own"] if x]
+        lines.append(text + "".join(own))
     return lines
 
 

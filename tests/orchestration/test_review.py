@@ -123,6 +123,7 @@ synth: {patients: 40, seed: 0}
 parallel_sweeps: 2
 prepare: {cls_size: 32, seg_size: 32, det_size: 64, shard_size: 32, val_fraction: 0.25}
 ensemble: {top_k: 2}
+vary_split: true   # the second seed also trains on another validation split
 defaults:
   samples: 1
   max_epochs: 1
@@ -173,6 +174,7 @@ def test_a_benchmark_compares_ensembles_and_describes_its_classifiers(
     facts = analysis["protocol"]["facts"]
     assert 0 <= facts["mixed_test_images"] <= facts["test_images"] and facts["seeds"] == 2
     _check_registered_threshold(client, rows)
+    _check_repeat_split(client, out["run_id"])
     page = write_report(client, job.experiment, tmp_path / "report", tmp_path, out["run_id"])
     text = page.read_text()
     for heading in ("DeLong", "Calibration", "How our protocol differs", "Subgroups", "seeds"):
@@ -225,3 +227,27 @@ def _check_registered_threshold(client, rows: list[dict[str, str]]) -> None:
     (version,) = client.search_model_versions("name='mammobench-efficientnet_b0-classification'")
     assert float(version.tags["threshold"]) == pytest.approx(float(row["threshold"]))
     assert version.tags["threshold_rule"] == "youden"
+
+
+def _check_repeat_split(client, top: str) -> None:
+    """The repeat of seed 1 trained on shards prepared with validation-split seed 1."""
+    exp = client.get_run(top).info.experiment_id
+    runs = client.search_runs([exp], "tags.`mammobench.kind` = 'trial'")
+    repeats = [r for r in runs if r.data.params.get("seed") == "1"]
+    assert len(repeats) == 1 and repeats[0].data.params["data"].endswith("-split1")
+    firsts = [r for r in runs if r.data.params.get("seed") == "0"]
+    assert firsts and all(not r.data.params["data"].endswith("-split1") for r in firsts)
+
+
+def test_a_shared_reason_is_said_once_and_each_rows_own_command_under_it() -> None:
+    def note(model: str) -> str:
+        return f"no weights directory set\nOn a machine with internet:\n  make {model}.pth\nthen copy it"
+
+    rows = [
+        _row(m, "classification", "pretrained", status="skipped", note=note(m))
+        for m in ("vgg16", "resnet50")
+    ]
+    text = markdown(rows)
+    assert text.count("no weights directory set") == 1 and text.count("then copy it") == 1
+    assert "**vgg16 (pretrained)**, **resnet50 (pretrained)** skipped: no weights" in text
+    assert "  - vgg16: make vgg16.pth\n  - resnet50: make resnet50.pth" in text

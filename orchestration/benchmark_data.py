@@ -1,0 +1,175 @@
+"""The benchmark's data: prepared once per classification input (and per validation-split seed
+where seed repeats vary the split), and what the prepared data says for the report.
+
+``prepare`` writes the shards; the benchmark only decides where and with which options. Shards
+given as ``--data`` are used as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestration.train.config import read_manifest, shard_paths
+from search_spaces.benchmarks import Benchmark, BenchmarkRun
+
+SYNTH_DONE = ".synth-complete"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Prepared shards by classification input, and per validation-split seed (``splits``)."""
+
+    crop: Path
+    whole: Path | None = None
+    given: bool = False  # shards passed in as --data: one input, used as they are
+    splits: dict[int, Prepared] = field(default_factory=dict)
+
+    def for_run(self, run: BenchmarkRun) -> Path:
+        """A run's shards: its classification input's (the crop shards hold every task)."""
+        if run.task != "classification":
+            return self.crop
+        if self.given:
+            config = read_manifest(self.crop, "classification").get("config", {})
+            prepared = config.get("cls_input", "crop")
+            if prepared != run.input:
+                raise ValueError(
+                    f"{run.key} needs classification shards of input {run.input!r}; "
+                    f"{self.crop} holds {prepared!r} (prepare --input {run.input}, or pass "
+                    "the CBIS-DDSM download and let the benchmark prepare both)"
+                )
+            return self.crop
+        if run.input == "whole" and self.whole is None:
+            raise ValueError(f"{run.key}: no whole-image shards were prepared")
+        return self.whole if run.input == "whole" else self.crop
+
+    def split_data(self, run: BenchmarkRun) -> dict[int, str]:
+        """Split seed -> the run's shards prepared with that validation split."""
+        return {seed: str(prep.for_run(run)) for seed, prep in self.splits.items()}
+
+
+def prepare_benchmark(
+    bench: Benchmark,
+    data: Path,
+    out: Path,
+    echo: Callable[[str], None],
+    split_seeds: list[int] = (),
+    split_tasks: tuple[str, ...] | None = None,
+) -> Prepared:
+    """Prepare every task into ``out``, whole-image classification beside it when a run asks
+    for it, and ``split_tasks`` again with each of ``split_seeds`` as the validation split's
+    seed (the official test split is the same in all)."""
+    whole_needed = any(run.input == "whole" for run in bench.runs)
+    crop = prepare_once(data, out, bench.prepare, echo)
+    whole = None
+    if whole_needed:
+        options = {**bench.prepare, "cls_input": "whole"}
+        whole = prepare_once(data, _beside(out, "whole"), options, echo, ("classification",))
+    splits = {}
+    for seed in split_seeds:
+        options = {**bench.prepare, "seed": seed}
+        folder = _beside(out, f"split{seed}")
+        split_whole = None
+        if whole_needed:
+            whole_options = {**options, "cls_input": "whole"}
+            wfolder = _beside(out, f"whole-split{seed}")
+            split_whole = prepare_once(data, wfolder, whole_options, echo, ("classification",))
+        crops = prepare_once(data, folder, options, echo, split_tasks)
+        splits[seed] = Prepared(crops, split_whole)
+    return Prepared(crop, whole, splits=splits)
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    return out.with_name(f"{out.name}-{suffix}")
+
+
+def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) -> Path:
+    """The demo's synthetic download, written once (same seed, same bytes)."""
+    from data_pipeline.synth import SynthConfig, make_synthetic
+
+    if not (out / SYNTH_DONE).is_file():
+        echo(f"synthesising a CBIS-shaped dataset of {synth.get('patients', 24)} patients in {out}")
+        make_synthetic(out, SynthConfig(**synth))
+        (out / SYNTH_DONE).write_text("")
+    return out
+
+
+def prepare_once(
+    data: Path,
+    out: Path,
+    options: dict[str, Any],
+    echo: Callable[[str], None],
+    tasks: tuple[str, ...] | None = None,
+) -> Path:
+    """Prepare ``tasks`` (default: all) of ``data`` into ``out`` (a no-op when shards of the
+    same inputs are there)."""
+    from data_pipeline import TASKS
+    from data_pipeline.catalog import build_catalog
+    from data_pipeline.convert import prepare
+    from data_pipeline.prepare_plan import PrepareConfig
+
+    cfg = PrepareConfig(tasks=tasks or TASKS, **options)
+    catalog = build_catalog(data, None, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    echo(f"preparing {data} into {out}")
+    prepare(catalog, out, cfg, print_fn=echo)
+    return out
+
+
+def facts(bench: Benchmark, prepared: Prepared, seeds: int) -> dict[str, Any]:
+    """The benchmark config and what the prepared data says, for the protocol section."""
+    prep = prepared.crop
+    config = read_manifest(prep, next(iter(_tasks(prep)))).get("config", {})
+    images, mixed = test_images(prepared)
+    return {
+        "bench": bench.to_dict(),
+        "facts": {
+            "test_images": images,
+            "mixed_test_images": mixed,
+            "val_fraction": config.get("val_fraction"),
+            "test_prevalence": _prevalence(prep),
+            "seeds": seeds,
+            "split_seeds": sorted(prepared.splits),
+        },
+    }
+
+
+def _tasks(prep: Path) -> list[str]:
+    return list(json.loads((prep / "manifest.json").read_text()).get("tasks", {}))
+
+
+def test_images(prepared: Prepared) -> tuple[int | None, int | None]:
+    """Whole test images, and how many of them hold lesions of both CSVs (mass and calc), from
+    the whole-image shards (detection, else whole-image classification); None without them."""
+    for prep in (p for p in (prepared.crop, prepared.whole) if p):
+        for task in ("detection", "classification"):
+            if task not in _tasks(prep) or not _whole_images(prep, task):
+                continue
+            types = _column(prep, task, "lesion_type")
+            return len(types), sum("+" in str(t) for t in types)
+    return None, None
+
+
+def _whole_images(prep: Path, task: str) -> bool:
+    config = read_manifest(prep, task).get("config", {})
+    return task == "detection" or config.get("cls_input") == "whole"
+
+
+def _prevalence(prep: Path) -> float | None:
+    if "classification" not in _tasks(prep):
+        return None
+    labels = _column(prep, "classification", "label")
+    config = read_manifest(prep, "classification").get("config", {})
+    malignant = 2 if config.get("label_map") == "3class" else 1
+    return sum(label == malignant for label in labels) / len(labels) if labels else None
+
+
+def _column(prep: Path, task: str, name: str) -> list:
+    import pyarrow.parquet as pq
+
+    values = []
+    for path in shard_paths(prep, task, "test"):
+        values += pq.read_table(path, columns=[name]).column(name).to_pylist()
+    return values
