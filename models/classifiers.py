@@ -11,6 +11,7 @@ takes images in [0, 1] and a checkpoint carries its own preprocessing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import timm
 import torch
@@ -125,7 +126,13 @@ def classifier_weights_source(spec: ModelSpec, config: ClassifierConfig) -> Weig
         hub=f"timm '{tagged}' (Hugging Face hub)",
         repo_id=cfg.hf_hub_id or f"timm/{tagged}",
         export_code=export,
+        fetch=partial(timm_state_dict, tagged),
     )
+
+
+def timm_state_dict(tagged: str, pretrained: bool) -> dict[str, torch.Tensor]:
+    """A timm model's state dict as the hub's file holds it (random with ``pretrained=False``)."""
+    return timm.create_model(tagged, pretrained=pretrained).state_dict()
 
 
 def _create_backbone(spec: ModelSpec, config: ClassifierConfig) -> nn.Module:

@@ -16,6 +16,7 @@ small input. With `num_classes=1` the detector is class-agnostic (lesion vs back
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 
 import numpy as np
@@ -166,7 +167,15 @@ def detector_weights_source(spec: ModelSpec, config: DetectorConfig) -> WeightsS
         hub=f"torchvision '{config.backbone_weights}'",
         url=weights.url,
         export_code=export,
+        fetch=partial(backbone_state_dict, config.backbone, weights.name),
     )
+
+
+def backbone_state_dict(backbone: str, weights: str, pretrained: bool) -> dict[str, torch.Tensor]:
+    """A torchvision classification backbone's state dict (ImageNet ``weights``, or random)."""
+    from torchvision.models import get_model
+
+    return get_model(backbone, weights=weights if pretrained else None).state_dict()
 
 
 def hub_state_dict(config: DetectorConfig) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ The built model is a `SmpSegmenter`: a `Normalize` with the encoder's ImageNet m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import segmentation_models_pytorch as smp
 import torch
@@ -151,7 +152,14 @@ def segmenter_weights_source(spec: ModelSpec, config: SegmenterConfig) -> Weight
         repo_id=imagenet.get("repo_id", f"smp-hub/{encoder}.imagenet"),
         revision=imagenet.get("revision"),
         export_code=export,
+        fetch=partial(encoder_state_dict, encoder),
     )
+
+
+def encoder_state_dict(encoder: str, pretrained: bool) -> dict[str, torch.Tensor]:
+    """An smp encoder's state dict (its ImageNet weights, or random ones)."""
+    weights = "imagenet" if pretrained else None
+    return smp.encoders.get_encoder(encoder, weights=weights).state_dict()
 
 
 def _create(config: SegmenterConfig, encoder: str, weights: str | None, in_chans: int):

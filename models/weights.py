@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,8 @@ class WeightsSource:
         offline: The library is told not to use the network (e.g. `HF_HUB_OFFLINE`).
         export_code: Python that writes the file, run on a machine with internet;
             `{path}` is replaced by the target path.
+        fetch: The library call that gives the file's state dict: `fetch(True)` the hub's
+            ImageNet weights, `fetch(False)` the same architecture's random ones (tests).
     """
 
     stem: str
@@ -55,6 +58,7 @@ class WeightsSource:
     cached: bool
     offline: bool
     export_code: str
+    fetch: Callable[[bool], dict[str, torch.Tensor]]
 
 
 def weights_dir(spec: ModelSpec) -> Path | None:
@@ -106,10 +110,11 @@ def how_to_provide(spec: ModelSpec, source: WeightsSource) -> str:
     directory = weights_dir(spec)
     target = (directory or Path("<weights_dir>")) / f"{source.stem}.pth"
     lines = [
-        "On a machine with internet, create the file with:",
+        "On a machine with internet, run `mammobench weights download DIR` (every"
+        " architecture's file, with checksums; `mammobench weights check DIR` verifies them),",
+        f"then copy DIR here and set ${WEIGHTS_DIR_ENV} (or --weights-dir) to it; or build with"
+        " pretrained=False. This file alone:",
         f'  python -c "{source.export_code.format(path=target)}"',
-        f"then copy it to a directory and set ${WEIGHTS_DIR_ENV} (or ModelSpec.weights_dir)"
-        " to that directory; or build with pretrained=False.",
     ]
     return "\n".join(lines)
 
@@ -181,7 +186,12 @@ def _probe(url: str, timeout_s: float) -> str:
 
 
 def hf_weights_source(
-    stem: str, hub: str, repo_id: str, export_code: str, revision: str | None = None
+    stem: str,
+    hub: str,
+    repo_id: str,
+    export_code: str,
+    fetch: Callable[[bool], dict[str, torch.Tensor]],
+    revision: str | None = None,
 ) -> WeightsSource:
     """A `WeightsSource` for weights hosted on the Hugging Face hub (timm, smp)."""
     from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
@@ -198,10 +208,17 @@ def hf_weights_source(
         cached=cached,
         offline=offline_env or bool(constants.HF_HUB_OFFLINE),
         export_code=export_code,
+        fetch=fetch,
     )
 
 
-def url_weights_source(stem: str, hub: str, url: str, export_code: str) -> WeightsSource:
+def url_weights_source(
+    stem: str,
+    hub: str,
+    url: str,
+    export_code: str,
+    fetch: Callable[[bool], dict[str, torch.Tensor]],
+) -> WeightsSource:
     """A `WeightsSource` for a plain URL cached by `torch.hub` (torchvision)."""
     cache_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     return WeightsSource(
@@ -211,4 +228,5 @@ def url_weights_source(stem: str, hub: str, url: str, export_code: str) -> Weigh
         cached=cache_file.is_file(),
         offline=False,
         export_code=export_code,
+        fetch=fetch,
     )

@@ -16,6 +16,7 @@ from data_pipeline import TASKS
 from data_pipeline.catalog import build_catalog
 from data_pipeline.prepare_plan import PrepareConfig
 from data_pipeline.synth import SynthConfig
+from orchestration.cli_weights import weights_app
 from orchestration.settings import Settings, set_offline_environment
 from orchestration.sweep_config import SweepConfig
 from orchestration.train.config import TrainConfig
@@ -608,6 +609,8 @@ def ui(
     cmd = ui_command(settings, port, host)
     raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_HOST": host}))
 
+
+app.add_typer(weights_app, name="weights")
 
 if __name__ == "__main__":
     app()

@@ -34,6 +34,7 @@ from orchestration.results.tracking import (
     TrialTracker,
     client_for,
     experiment_id,
+    log_datasets,
     log_predictions,
     provenance_tags,
 )
@@ -264,6 +265,7 @@ def run_sweep(sweep: SweepConfig, settings: Settings) -> dict[str, Any]:
         with clock("test"):
             summary["best"]["test"] = _test_best(summary["best"], base, settings.storage)
         log_predictions(client, parent.run_id, summary["best"]["test"].pop("predictions", {}))
+        log_datasets(client, parent.run_id, base, ("test",))
         if sweep.seeds > 1:
             with clock("seeds"):
                 summary["seeds"] = _seeds(sweep, base, summary["best"], name, settings, tracker)

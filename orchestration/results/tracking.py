@@ -11,6 +11,7 @@ figures to log (``TrialTracker(artifacts=...)``, ``SweepRun.finish(figures=...)`
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 import re
@@ -26,7 +27,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from orchestration.train.config import TrainConfig
+from orchestration.train.config import TrainConfig, read_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -75,18 +76,29 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return client
 
 
+# The MLflow UI (3.x) opens an experiment in its GenAI view (traces, token usage) unless this tag
+# says it is model training; the value is the UI's own (its bundle; not in MLflow's Python API).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """The experiment called ``name``, created on first use (artifacts under the work dir)."""
+    """The experiment called ``name``, created on first use (artifacts under the work dir) and
+    tagged as model training, so the UI opens it on its runs."""
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") is None:  # made by an older mammobench
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     location = artifact_root.joinpath(name).as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+SOURCE_TAGS = {"mlflow.source.type": "JOB", "mlflow.source.name": "mammobench"}  # the UI's Source
 
 
 def provenance_tags(fingerprint: str) -> dict[str, str]:
     """Git commit, dataset fingerprint and package versions, for the parent run."""
-    tags = {FINGERPRINT_TAG: fingerprint}
+    tags = {FINGERPRINT_TAG: fingerprint, **SOURCE_TAGS}
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -98,6 +110,7 @@ def provenance_tags(fingerprint: str) -> dict[str, str]:
     return tags
 
 
+@functools.cache
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -350,6 +363,29 @@ def log_files(client: MlflowClient, run_id: str, paths: list[Path]) -> None:
         client.log_artifact(run_id, str(path))
 
 
+def log_datasets(
+    client: MlflowClient, run_id: str, cfg: TrainConfig, splits: tuple[str, ...]
+) -> None:
+    """The prepared data a run read, as MLflow datasets (the UI's Dataset column): one per
+    split (its context), the prepared folder as source, the manifest's fingerprint as digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    digest = str(read_manifest(cfg.data, cfg.task).get("fingerprint", ""))[:36]
+    source = resolve_dataset_source(str(cfg.data))
+    inputs = [
+        DatasetInput(
+            dataset=MetaDataset(
+                source, f"cbis-ddsm-{cfg.task}-{split}", digest
+            )._to_mlflow_entity(),
+            tags=[InputTag("mlflow.data.context", split)],
+        )
+        for split in splits
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+
+
 def log_predictions(client: MlflowClient, run_id: str, tables: dict[str, dict[str, list]]) -> None:
     """A classifier's predictions per split (``predictions/<split>.csv``, one row a case)."""
     import pandas as pd
@@ -474,9 +510,12 @@ class TrialTracker(Callback):
         else:
             cfg = self.config_of(trial)
             tags = {PARENT_TAG: self.parent, TRIAL_TAG: trial.trial_id, KIND_TAG: "trial"}
+            commit = _git_commit()
+            tags |= SOURCE_TAGS | ({"mlflow.source.git.commit": commit} if commit else {})
             run_id = self.client.create_run(
                 self.experiment, run_name=trial_run_name(cfg, trial), tags=tags
             ).info.run_id
+            log_datasets(self.client, run_id, cfg, ("train", "val"))
             _log_params(self.client, run_id, flatten(cfg.to_dict()) | {"trial_id": trial.trial_id})
             self.client.log_text(run_id, yaml.safe_dump(cfg.to_dict()), "config.yaml")
         self._runs[trial.trial_id] = run_id

@@ -285,6 +285,12 @@ def test_published_figure_labels_rows_and_annotates_seeds() -> None:
     assert accuracy.get_xlim() == (0, 1) and dice.get_xlabel() == "dice (official test split)"
     assert [t.get_text() for t in accuracy.texts] == ["± 0.012 (3 seeds)"]
     assert review_plots.published_figure(rows[2:3]) is None
+    # a mean over seeds outside the best trial's CI: the bar spans the CI, the point the mean
+    outside = rows[0] | {"test": 0.6}
+    (bar, *_) = review_plots.published_figure([outside]).axes
+    (segments,) = [c for c in bar.collections if c.get_segments()]
+    (((x0, _), (x1, _)),) = segments.get_segments()
+    assert (x0, x1) == pytest.approx((0.65, 0.75))
 
 
 def test_seeds_section_only_when_a_row_has_several_seeds() -> None:

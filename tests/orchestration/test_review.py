@@ -237,6 +237,16 @@ def _check_repeat_split(client, top: str) -> None:
     assert len(repeats) == 1 and repeats[0].data.params["data"].endswith("-split1")
     firsts = [r for r in runs if r.data.params.get("seed") == "0"]
     assert firsts and all(not r.data.params["data"].endswith("-split1") for r in firsts)
+    # every trial says what it read: the prepared folder, its fingerprint, the split as context
+    for run in runs:
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        fingerprint = json.loads((Path(run.data.params["data"]) / "manifest.json").read_text())
+        assert set(inputs) == {"cbis-ddsm-classification-train", "cbis-ddsm-classification-val"}
+        for name, given in inputs.items():
+            assert given.dataset.digest == fingerprint["fingerprint"][:36]
+            assert [t.value for t in given.tags] == [name.rsplit("-", 1)[1]]
+            assert run.data.params["data"] in given.dataset.source
+        assert run.data.tags["mlflow.source.name"] == "mammobench"
 
 
 def test_a_shared_reason_is_said_once_and_each_rows_own_command_under_it() -> None:

@@ -1,0 +1,124 @@
+"""A weights folder for air-gapped clusters: every architecture's ImageNet file, checksummed.
+
+``download_weights`` (on a machine with internet) writes each registered architecture's weights
+file (the ``weights_file`` of ``mammobench models --json``: the library's own ImageNet state dict)
+and ``weights.json``, their SHA-256 sums; ``check_weights_dir`` verifies a folder: each file there,
+its checksum as written, and that it loads into its architecture through ``build_model``, the
+path training takes. Files are written atomically (a partial download is never a weights file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.registry import available_models, build_model, get_entry
+from models.spec import ModelSpec
+from models.weights import WEIGHT_SUFFIXES, WeightsSource
+
+MANIFEST = "weights.json"
+Fetch = Callable[[WeightsSource], dict[str, torch.Tensor]]
+
+
+def _hub(source: WeightsSource) -> dict[str, torch.Tensor]:
+    return source.fetch(True)
+
+
+def weight_sources(names: Iterable[str] | None = None) -> dict[str, WeightsSource]:
+    """Architecture -> where its ImageNet weights come from (every registered one by default)."""
+    chosen = list(names) if names else available_models()
+    return {name: get_entry(name).weights_source(ModelSpec(name=name)) for name in chosen}
+
+
+def download_weights(
+    directory: Path,
+    names: Iterable[str] | None = None,
+    fetch: Fetch = _hub,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write the weights file of each architecture (``fetch``: the hub's loader, by default)
+    into ``directory`` and record their checksums in ``weights.json``; returns the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(directory) or {"files": {}}
+    for name, source in weight_sources(names).items():
+        file = f"{source.stem}.pth"
+        entry = manifest["files"].get(file)
+        if entry and _sha256(directory / file) == entry.get("sha256"):
+            entry["architectures"] = sorted({*entry["architectures"], name})
+            echo(f"{name}: {file} already there, checksum verified")
+            continue
+        echo(f"{name}: {source.hub} -> {directory / file}")
+        _save(fetch(source), directory / file)
+        manifest["files"][file] = {
+            "sha256": _sha256(directory / file),
+            "bytes": (directory / file).stat().st_size,
+            "architectures": [name],
+            "source": source.hub,
+        }
+    manifest["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def check_weights_dir(directory: Path, names: Iterable[str] | None = None) -> list[dict[str, str]]:
+    """One result per architecture: ``{"model", "file", "status" (PASS/FAIL), "detail"}``."""
+    manifest = read_manifest(directory)
+    sources = weight_sources(names)
+    return [_check_one(directory, name, source, manifest) for name, source in sources.items()]
+
+
+def _check_one(
+    directory: Path, name: str, source: WeightsSource, manifest: dict[str, Any] | None
+) -> dict[str, str]:
+    found = [directory / f"{source.stem}{s}" for s in WEIGHT_SUFFIXES]
+    path = next((p for p in found if p.is_file()), None)
+    out = {"model": name, "file": f"{source.stem}.pth", "status": "FAIL"}
+    if path is None:
+        fix = f"run `mammobench weights download {directory}` where there is internet"
+        return out | {"detail": f"{found[0]} is missing: {fix}"}
+    out["file"] = path.name
+    recorded = ((manifest or {}).get("files") or {}).get(path.name, {}).get("sha256")
+    if recorded is None:
+        return out | {"detail": f"{path.name} has no checksum in {directory / MANIFEST}"}
+    if _sha256(path) != recorded:
+        return out | {"detail": f"{path} does not match its checksum: corrupted or replaced"}
+    try:
+        build_model(ModelSpec(name=name, pretrained=True, weights_dir=str(directory)))
+    except Exception as exc:  # any reason it cannot load is the finding, said as it is
+        return out | {"detail": f"{path} does not load into {name}: {exc}"}
+    return out | {"status": "PASS", "detail": f"checksum verified, loads into {name}"}
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """``weights.json`` of a weights folder, or None."""
+    path = directory / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(partial, path)
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
