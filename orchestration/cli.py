@@ -262,8 +262,17 @@ def prepare(
 @app.command()
 def train(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Architecture (see `mammobench models`).")],
-    data: Annotated[Path, typer.Option(help="Prepared data folder (PREP).")],
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Architecture (see `mammobench models`) [default: --config's]."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Prepared data folder (PREP) [default: --config's].")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Re-run a logged config.yaml (an MLflow run's); options override it."),
+    ] = None,
     task: Annotated[str | None, option(TrainConfig, "task", "|".join(TASKS))] = None,
     epochs: Annotated[int | None, option(TrainConfig, "epochs", min=1)] = None,
     lr: Annotated[
@@ -320,10 +329,11 @@ def train(
     from orchestration.train.driver import check_job, run_training
 
     with user_errors():  # bad values or names, missing data or weights fail before Ray starts
-        cfg = TrainConfig(
-            model=model,
-            data=str(data.resolve()),
-            **given(
+        cfg = train_config(
+            config,
+            given(
+                model=model,
+                data=str(data.resolve()) if data else None,
                 task=task,
                 epochs=epochs,
                 lr=lr,
@@ -350,6 +360,31 @@ def train(
     typer.echo(train_text(result))
     if as_json:
         typer.echo(json.dumps(result, default=str))
+
+
+def train_config(path: Path | None, options: dict[str, Any]) -> TrainConfig:
+    """The job: a logged ``config.yaml`` (every field of a run's ``TrainConfig``), with the
+    options given on the command line over it; without one, the options alone."""
+    import yaml
+
+    base: dict[str, Any] = {}
+    if path is not None:
+        try:
+            base = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(base, dict):
+            raise ValueError(f"{path}: not a mapping of TrainConfig fields")
+    merged = {**base, **options}
+    for key in ("model", "data"):
+        if not merged.get(key):
+            raise ValueError(
+                f"no {key}: give {'MODEL' if key == 'model' else '--data'} or --config"
+            )
+    try:
+        return TrainConfig.from_dict(merged)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path or 'options'}: {exc}") from None
 
 
 @app.command()
@@ -510,6 +545,10 @@ def benchmark(
             help="Seed repeats also draw a new validation split [default: the config's].",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Print every sweep, what is skipped and why, and the expected cost."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
 ) -> None:
     """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
@@ -525,8 +564,11 @@ def benchmark(
     with user_errors(SpaceError):
         registry = {model: task for task in TASKS for model in available_models(task)}
         bench = load_benchmark(config or ("demo" if demo else "study"), registry)
-        if data is None and not bench.synth:
+        if data is None and not bench.synth and not dry_run:
             raise ValueError(f"{bench.path} has no synth section: pass --data")
+    if dry_run:
+        _dry_run(bench, data, weights_dir, seeds, as_json)
+        return
     init_ray(ctx.obj.address)
     job = BenchmarkJob(bench, data, prep, name, resume, weights_dir, seeds, vary_split)
     with user_errors(SpaceError):
@@ -542,6 +584,19 @@ def benchmark(
     if as_json:
         typer.echo(json.dumps(result | {"report": str(report)}, default=str))
     if result["failed"]:
+        raise typer.Exit(1)
+
+
+def _dry_run(bench, data: Path | None, weights_dir: str | None, seeds, as_json: bool) -> None:
+    """``benchmark --dry-run``: the plan, and exit 1 when a row the config asks for cannot run."""
+    from orchestration.dry_run import plan_benchmark, plan_text
+
+    with user_errors():
+        plan = plan_benchmark(bench, data, weights_dir, seeds)
+    typer.echo(plan_text(plan))
+    if as_json:
+        typer.echo(json.dumps(plan, default=str))
+    if not plan["runnable"]:
         raise typer.Exit(1)
 
 

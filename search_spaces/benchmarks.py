@@ -55,6 +55,16 @@ TOP_KEYS = {
     "parallel_sweeps",
     "ensemble",
     "vary_split",
+    "cost",
+}
+# The cost model of ``benchmark --dry-run``: seconds per epoch of each task on ``gpu`` at the
+# config's sizes, start-up seconds per trial, the share of max_epochs an ASHA trial runs.
+COST_KEYS = {
+    "gpu": str,
+    "gpus": int,
+    "epoch_s": dict,
+    "startup_s": (int, float),
+    "asha_epochs": (int, float),
 }
 INPUTS = ("crop", "whole")  # a classification run's input: a lesion crop, or the whole image
 ENSEMBLE_KEYS = {"top_k": int}
@@ -115,6 +125,9 @@ LIMITS = {
     **dict.fromkeys(("cls_size", "seg_size", "det_size", "shard_size", "bootstrap"), AT_LEAST_1),
     **dict.fromkeys(("samples", "max_epochs", "grace_epochs", "workers", "seeds"), AT_LEAST_1),
     "top_k": AT_LEAST_0,
+    "gpus": AT_LEAST_1,
+    "startup_s": AT_LEAST_0,
+    "asha_epochs": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_concurrent": AT_LEAST_1,
     "reduction_factor": (lambda v: v >= 2, "at least 2"),
     **dict.fromkeys(("gpus_per_trial", "max_failures", "patience"), AT_LEAST_0),
@@ -149,6 +162,7 @@ class Benchmark:
     parallel_sweeps: int = 1  # sweeps at once (when the cluster fits their trials)
     ensemble_top_k: int = 3  # classifiers averaged by the ensemble row (chosen on validation)
     vary_split: bool = False  # seed repeats also draw a new validation split (prepared again)
+    cost: dict[str, Any] | None = None  # the dry run's cost model (COST_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,6 +213,7 @@ def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchm
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise SpaceError(f"{path}: parallel_sweeps: {parallel!r} is not a positive integer")
     ensemble = _typed(path, "ensemble", data.get("ensemble") or {}, ENSEMBLE_KEYS)
+    cost = _cost(path, data["cost"]) if data.get("cost") else None
     vary_split = data.get("vary_split", False)
     if not isinstance(vary_split, bool):
         raise SpaceError(f"{path}: vary_split: {vary_split!r} is not true or false")
@@ -212,7 +227,22 @@ def _validate(data: Any, path: Path, models: Mapping[str, str] | None) -> Benchm
         parallel,
         ensemble.get("top_k", 3),
         vary_split,
+        cost,
     )
+
+
+def _cost(path: Path, data: Any) -> dict[str, Any]:
+    cost = _typed(path, "cost", data, COST_KEYS)
+    for key in ("epoch_s", "startup_s"):
+        if key not in cost:
+            raise SpaceError(f"{path}: cost.{key}: missing (the dry run's cost model needs it)")
+    for task, seconds in cost["epoch_s"].items():
+        where = f"{path}: cost.epoch_s.{task}"
+        if task not in TASKS:
+            raise SpaceError(f"{where}: not one of {list(TASKS)}")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+            raise SpaceError(f"{where}: {seconds!r} is not a positive number of seconds")
+    return cost
 
 
 def _runs(

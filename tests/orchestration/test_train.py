@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from orchestration.cli import app
@@ -40,8 +41,14 @@ def _within(ci: list[float], value: float) -> bool:
 def test_small_classifier_beats_chance_on_held_out_patients(
     prepared_cls: Path, tmp_path: Path
 ) -> None:
-    args = ["mobilenetv2", "--data", str(prepared_cls), "--epochs", "20", "--batch-size", "16"]
-    result = _train_json([*args, "--lr", "3e-3", "--patience", "30"], tmp_path)
+    # re-run from a config.yaml as a trial logs it (every field), an option given over it
+    logged = TrainConfig(
+        model="mobilenetv2", data=str(prepared_cls), epochs=20, batch_size=16, lr=1e-5, patience=30
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(logged.with_manifest().to_dict()))
+    result = _train_json(["--config", str(config), "--lr", "3e-3"], tmp_path)
+    assert result["epochs"] == 20 and result["run"].startswith("mobilenetv2")
     test = result["test"]
     assert test["auc"] > 0.65 and test["auc_ci"][0] > 0.5, test  # chance is 0.5
     assert _within(test["auc_ci"], test["auc"]) and _within(test["accuracy_ci"], test["accuracy"])
@@ -141,6 +148,25 @@ def test_killed_job_resumes_from_its_checkpoint(
 
 def _checkpointed(home: Path) -> bool:
     return any((home / "ray_results").glob("train-*/checkpoint_manager_snapshot.json"))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("model: vgg16\nlearning_rate: 0.1\n", "unknown TrainConfig keys ['learning_rate']"),
+        ("[1, 2]\n", "not a mapping of TrainConfig fields"),
+        ("model: [unclosed\n", "not valid YAML"),
+        ("epochs: 3\n", "no model: give MODEL or --config"),
+    ],
+)
+def test_a_bad_config_file_fails_at_once_naming_it(
+    prepared_small: Path, tmp_path: Path, body: str, message: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(body)
+    args = ["train", "--config", str(config), "--data", str(prepared_small)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 @pytest.mark.parametrize(
