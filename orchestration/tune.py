@@ -22,6 +22,7 @@ import torch
 
 from models import ModelSpec, WeightsNotFoundError, model_info, weights_available
 from orchestration.results import plots
+from orchestration.results.model_card import model_card
 from orchestration.results.tracking import (
     INPUT_TAG,
     MODEL_TAG,
@@ -286,9 +287,10 @@ def _register(
     """Log the best trial's model on the sweep's run and register it with its test figures."""
     name = f"mammobench-{base.model}-{base.task}"
     model = _best_model(best, base, settings.storage)
-    tags = {}
+    cfg = base.with_params(best["params"])
+    tags = {"model_card": model_card(cfg, best["test"])}
     if "threshold" in best["test"]:  # the operating point travels with the model
-        tags = {"threshold": repr(best["test"]["threshold"]), "threshold_rule": base.threshold_rule}
+        tags |= {"threshold": repr(best["test"]["threshold"]), "threshold_rule": cfg.threshold_rule}
     return {"name": name, "version": parent.register_model(name, model, best["test"], tags)}
 
 

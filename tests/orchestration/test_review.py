@@ -227,6 +227,10 @@ def _check_registered_threshold(client, rows: list[dict[str, str]]) -> None:
     (version,) = client.search_model_versions("name='mammobench-efficientnet_b0-classification'")
     assert float(version.tags["threshold"]) == pytest.approx(float(row["threshold"]))
     assert version.tags["threshold_rule"] == "youden"
+    card = version.tags["model_card"]  # data, protocol, figures, intended use
+    assert card.startswith("Model: efficientnet_b0 (classification), from random initialisation")
+    assert "official CBIS-DDSM test split" in card and "not for clinical decisions" in card
+    assert f"auc {float(row['auc']):.3f}" in card
 
 
 def _check_repeat_split(client, top: str) -> None:
