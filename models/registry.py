@@ -224,9 +224,9 @@ def build_model(spec: ModelSpec | Mapping[str, Any]) -> nn.Module:
         spec: A `ModelSpec`, or its dict form (as Ray passes configs).
 
     Returns:
-        The model on CPU with all but the last `spec.unfreeze` stage groups frozen
-        (BatchNorm statistics included); with `unfreeze="all"` (a scratch model's default)
-        everything trains.
+        The model on CPU. Pretrained models (and scratch ones with `freeze_scratch`) have all
+        but the last `spec.unfreeze` stage groups frozen (BatchNorm statistics included);
+        other scratch models train everything.
 
     Raises:
         UnknownModelError: The name is not registered.
@@ -236,7 +236,7 @@ def build_model(spec: ModelSpec | Mapping[str, Any]) -> nn.Module:
         spec = ModelSpec.from_dict(dict(spec))
     entry = get_entry(spec.name)
     model = entry.build(spec)
-    if spec.pretrained or spec.unfreeze != "all":
+    if spec.pretrained or spec.freeze_scratch:
         unfreeze_last(model, entry.groups(model), spec.unfreeze)
     return model
 

@@ -22,9 +22,9 @@ class ModelSpec:
             (benign, malignant), background is added internally. Ignored by segmenters,
             which always have one output channel (lesion logits).
         pretrained: Start from ImageNet weights (weights dir first, then the library's hub).
-        unfreeze: How many of the backbone's last stage groups train: `0` = head only,
-            `"all"` = everything. A scratch model with fewer than all is the study's "from
-            scratch" setting: its early layers keep their random weights.
+        unfreeze: With `pretrained` (or `freeze_scratch`), how many of the backbone's last
+            stage groups train: `0` = head only, `"all"` = everything. Scratch models
+            otherwise train everything.
         input_size: Side of the square input in pixels (ViT position embeddings, detector
             resize and segmenter stride checks follow it).
         in_chans: 3 = the caller repeats grayscale to three channels (the study); 1 = the
@@ -37,6 +37,8 @@ class ModelSpec:
             `models.detectors.anchors_from_boxes`); `None` keeps the library's.
         anchor_aspects: Detectors: anchor aspect ratios (height / width); `None` keeps the
             library's (0.5, 1, 2).
+        freeze_scratch: A scratch model whose early groups keep their random weights
+            (`unfreeze` says how many train): the study's "from scratch" models.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelSpec:
     weights_dir: str | None = None
     anchor_sizes: tuple[float, ...] | None = None
     anchor_aspects: tuple[float, ...] | None = None
+    freeze_scratch: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unfreeze", _parse_unfreeze(self.unfreeze))

@@ -12,8 +12,10 @@ def model_card(cfg: TrainConfig, test: dict[str, Any]) -> str:
     """A registered version's short card: data, protocol, figures, intended use, licences."""
     manifest = read_manifest(cfg.data, cfg.task)
     prepared = manifest.get("config", {})
-    start = "ImageNet weights (check that checkpoint's licence; ImageNet's terms restrict"
-    start += " commercial use)" if cfg.pretrained else "random initialisation"
+    start = "random initialisation"
+    if cfg.pretrained:
+        start = "ImageNet weights (check that checkpoint's licence: ImageNet's terms restrict"
+        start += " commercial use)"
     figures = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
     return "\n".join(
         [

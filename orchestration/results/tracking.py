@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import math
 import re
 import subprocess
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +30,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from orchestration.train.config import TrainConfig, read_manifest
+from orchestration.train.config import TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -367,14 +370,42 @@ def log_datasets(
     client: MlflowClient, run_id: str, cfg: TrainConfig, splits: tuple[str, ...]
 ) -> None:
     """The prepared data a run read, as MLflow datasets (the UI's Dataset column): one per
-    split (its context), the prepared folder as source, the manifest's fingerprint as digest."""
+    split (its context), the prepared folder as source, the manifest's fingerprint as digest.
+
+    Runs created at once (a benchmark's sweeps in threads) may insert the same dataset together:
+    MLflow 3.17 checks before it inserts, so all but one fail on the unique key; they try again
+    and find it.
+    """
+    inputs = _dataset_inputs(cfg, splits)
+    for attempt in range(1, 6):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == 5 or not _duplicate_key(exc):
+                raise
+            time.sleep(0.05 * attempt)
+
+
+def _duplicate_key(exc: Exception) -> bool:
+    text = str(exc)
+    return "UNIQUE constraint failed" in text or "duplicate key value" in text
+
+
+def _dataset_inputs(cfg: TrainConfig, splits: tuple[str, ...]) -> list[Any]:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    digest = str(read_manifest(cfg.data, cfg.task).get("fingerprint", ""))[:36]
-    source = resolve_dataset_source(str(cfg.data))
-    inputs = [
+    manifest = Path(cfg.data) / "manifest.json"  # a job always has one; a tracker's test may not
+    fingerprint = (
+        json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
+    )
+    digest = str(fingerprint or "unprepared")[:36]
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(cfg.data))
+    return [
         DatasetInput(
             dataset=MetaDataset(
                 source, f"cbis-ddsm-{cfg.task}-{split}", digest
@@ -383,7 +414,6 @@ def log_datasets(
         )
         for split in splits
     ]
-    client.log_inputs(run_id, datasets=inputs)
 
 
 def log_predictions(client: MlflowClient, run_id: str, tables: dict[str, dict[str, list]]) -> None:

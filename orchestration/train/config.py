@@ -140,6 +140,7 @@ class TrainConfig:
             weights_dir=self.weights_dir,
             anchor_sizes=self.anchor_sizes,
             anchor_aspects=self.anchor_aspects,
+            freeze_scratch=self.freeze_scratch and not self.pretrained,
         )
 
     def run_name(self) -> str:

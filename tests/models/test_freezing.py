@@ -166,9 +166,9 @@ def test_the_studys_scratch_setting_freezes_random_early_layers(name: str) -> No
     from tests.models.conftest import small_spec
 
     study = model_info(name)["study_unfreeze"]
-    model = build_model(small_spec(name, pretrained=False, unfreeze=study))
+    model = build_model(small_spec(name, pretrained=False, unfreeze=study, freeze_scratch=True))
     groups = REGISTRY[name].groups(model)
     frozen = set(chain(*groups[: len(groups) - study]))
     assert frozen and {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
-    everything = build_model(small_spec(name, pretrained=False))  # scratch: all trains
+    everything = build_model(small_spec(name, pretrained=False, unfreeze=study))  # flag not set
     assert all(p.requires_grad for p in everything.parameters())

@@ -111,7 +111,8 @@ def test_study_frozen_keeps_the_studys_unfreeze_through_a_trial(prepared_small: 
     assert train == {"freeze_scratch": True, "unfreeze": model_info("vgg16")["study_unfreeze"]}
     base = TrainConfig(model="vgg16", data=str(prepared_small), **train).with_manifest()
     trial = base.with_params({"pretrained": False, "lr": 1e-3})
-    assert trial.model_spec().unfreeze == train["unfreeze"] and not trial.model_spec().pretrained
+    spec = trial.model_spec()
+    assert spec.unfreeze == train["unfreeze"] and spec.freeze_scratch and not spec.pretrained
     plain = TrainConfig(model="vgg16", data=str(prepared_small), unfreeze=2).with_manifest()
     assert plain.with_params({"pretrained": False}).model_spec().unfreeze == "all"
     with pytest.raises(ValueError, match="froze no layers"):

@@ -104,7 +104,7 @@ def test_a_key_given_twice_names_its_line(tmp_path: Path) -> None:
         ("runs:\n  - {model: vgg16, task: survival}\n", "runs[0].task: 'survival' is not one of"),
         (
             "runs:\n  - {model: vgg16, task: classification, settings: scratch}\n",
-            "runs[0].settings: 'scratch'; use a list of ['scratch', 'pretrained']",
+            "runs[0].settings: 'scratch'; use a list of ['scratch', 'pretrained', 'study_frozen']",
         ),
         (
             "runs:\n  - {model: vgg16, task: classification, space: nospace}\n",
