@@ -26,6 +26,8 @@ from typing import Any
 
 from common import prepared_classification, training_parser
 
+from orchestration.trial import actor_started  # loaded with this module, as ours is with its own
+
 STARTUP_KEYS = (
     "startup_trial_actor_s",
     "startup_datasets_s",
@@ -70,8 +72,6 @@ def bare(storage: str, name: str, started: float | None = None, callbacks=()) ->
 def bare_trial_fn(config: dict[str, Any]) -> None:
     """A Tune trial whose Train job is the bare one, timed from its actor's start as ours are."""
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestration.trial import actor_started
 
     bare(config["storage"], config["name"], actor_started(), [TuneReportCallback()])
 

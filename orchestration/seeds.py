@@ -30,8 +30,10 @@ def run_seed_repeats(
     storage: str,
     name: str,
     callbacks: list,
+    concurrent: int,
 ) -> list[dict[str, Any]]:
-    """Train the best params with ``sweep.seeds - 1`` other seeds and test each; one dict a
+    """Train the best params with ``sweep.seeds - 1`` other seeds and test each, at most
+    ``concurrent`` at once (what the cluster fits, as for the sweep's own trials); one dict a
     seed: ``{"seed", "test"}`` or ``{"seed", "error"}``. A resumed sweep restores them."""
     from ray import tune
 
@@ -44,7 +46,7 @@ def run_seed_repeats(
             trainable,
             param_space={**best["params"], **repeat_space(seeds, sweep.split_data)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=sweep.max_concurrent or len(seeds), reuse_actors=True
+                max_concurrent_trials=min(concurrent, len(seeds)), reuse_actors=True
             ),
             run_config=tune.RunConfig(
                 name=name,

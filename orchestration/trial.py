@@ -7,30 +7,25 @@ the actor spent on every trial where ASHA can stop one early and actors are not 
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 _ACTOR = {"trials": 0}  # trials this actor process has run
+_LOADED = time.time()  # this module imported: the trainable being loaded in its actor
 
 
 def actor_started() -> float:
-    """When this process started (``time.time()`` scale); Linux's /proc, else now."""
-    try:
-        with open(f"/proc/{os.getpid()}/stat") as handle:
-            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as handle:
-            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    """When this actor began setting up its trial: this module's import, as its trainable was
+    loaded. (The process's own start would overstate a trial's start-up: Ray pre-starts idle
+    worker processes long before any of them becomes a trial's actor.)"""
+    return _LOADED
 
 
 def train_driver_fn(config: dict[str, Any], base: dict[str, Any], storage: str, sweep: str) -> None:
     """Tune function trainable: one Train V2 run per trial, named after the trial id.
 
-    Start-up is measured from the actor's start for its first trial (its imports included),
-    from this call for a reused actor's later trials.
+    Start-up is measured from the actor's loading of the trainable for its first trial (its
+    imports included), from this call for a reused actor's later trials.
     """
     entered = time.time()
     from ray import tune

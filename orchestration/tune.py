@@ -1,7 +1,8 @@
 """Ray Tune sweeps (``mammobench tune``): pretrained vs scratch x unfrozen stages x learning rate.
 
-Each trial runs ``orchestration.trial.train_driver_fn``, which builds the ``TorchTrainer`` of ``mammobench train``
-(Train V2) named after the trial id, so a resumed trial's Train run restores its own checkpoint.
+Each trial runs ``orchestration.trial.train_driver_fn``, which builds the ``TorchTrainer`` of
+``mammobench train`` (Train V2) named after the trial id, so a resumed trial's Train run restores
+its own checkpoint.
 ``TuneReportCallback`` forwards each epoch's metrics to Tune, where ASHA may stop the trial and
 ``TrialTracker`` logs it to MLflow. The best trial (by validation metric) is tested once.
 """
@@ -303,9 +304,14 @@ def _seeds(
     tracker: TrialTracker,
 ) -> dict[str, Any]:
     """The best params with ``sweep.seeds - 1`` more training seeds: mean, sd, each seed."""
+    import ray
+
     trainable = _register_trainable(base, settings.storage, name)
+    concurrent = sweep.max_concurrent or max_concurrent_trials(
+        ray.cluster_resources(), base.workers, base.cpus_per_worker, base.gpus_per_worker
+    )
     repeats = run_seed_repeats(
-        sweep, base, best, trainable, settings.storage, f"{name}-seeds", [tracker]
+        sweep, base, best, trainable, settings.storage, f"{name}-seeds", [tracker], concurrent
     )
     figures = seed_figures(base.task, base.seed, best["test"], repeats)
     values = {k: figures.pop(k) for k in list(figures) if k.startswith("seed_values_")}

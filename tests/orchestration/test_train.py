@@ -48,7 +48,7 @@ def test_small_classifier_beats_chance_on_held_out_patients(
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(logged.with_manifest().to_dict()))
     result = _train_json(["--config", str(config), "--lr", "3e-3"], tmp_path)
-    assert result["epochs"] == 20 and result["run"].startswith("mobilenetv2")
+    assert result["epochs"] == 20 and result["run"].startswith("train-mobilenetv2-")
     test = result["test"]
     assert test["auc"] > 0.65 and test["auc_ci"][0] > 0.5, test  # chance is 0.5
     assert _within(test["auc_ci"], test["auc"]) and _within(test["accuracy_ci"], test["accuracy"])
