@@ -10,7 +10,8 @@ On one local Ray cluster, alternating so that both see a warm cluster:
 Each of ours reports its start-up with its first epoch (``first_step_s``, ``startup_*``: to the
 worker function, model build, checkpoint restore, the first batch, the first step) and every
 epoch's ``epoch_first_batch_s`` (the wait for data before an epoch's first step). Ends with one JSON
-line; ``ratio`` = trial / bare trial. A trial's figures run from its actor's start. A benchmark, not a test: it asserts nothing.
+line; ``ratio`` = trial / bare trial. A trial's figures run from its actor loading the
+trainable. A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/trial_startup.py [--patients 40] [--size 32] [--model mobilenetv2]
 """
@@ -70,7 +71,8 @@ def bare(storage: str, name: str, started: float | None = None, callbacks=()) ->
 
 
 def bare_trial_fn(config: dict[str, Any]) -> None:
-    """A Tune trial whose Train job is the bare one, timed from its actor's start as ours are."""
+    """A Tune trial whose Train job is the bare one, timed from its actor loading the trainable,
+    as ours are."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     bare(config["storage"], config["name"], actor_started(), [TuneReportCallback()])

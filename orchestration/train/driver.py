@@ -39,7 +39,7 @@ def trainer_for(
 
     ``started`` (``time.time()`` when the job or trial began; now when not given) is what the
     workers' start-up figures (``first_step_s``, ``startup_*``) are measured from; a trial gives
-    ``{"started": ..., "trial_fn": ...}`` (its actor's start, its function's).
+    ``{"started": ..., "trial_fn": ...}`` (its actor loading the trainable, its function's).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

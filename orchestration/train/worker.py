@@ -267,7 +267,7 @@ def _startup(marks: dict[str, float], metrics: dict[str, Any]) -> dict[str, floa
         "startup_first_step_s": metrics["epoch_first_step_s"] - metrics["epoch_first_batch_s"],
     }
     if "started" in marks:
-        if "trial_fn" in marks:  # a Tune trial: its actor's start and imports
+        if "trial_fn" in marks:  # a Tune trial: its actor loading the trainable, and imports
             out["startup_trial_actor_s"] = marks["trial_fn"] - marks["started"]
         out["startup_datasets_s"] = marks["planned"] - marks.get("trial_fn", marks["started"])
         out["startup_to_worker_s"] = marks["entry"] - marks["planned"]
