@@ -120,49 +120,44 @@ def prepare_once(
 
 def facts(bench: Benchmark, prepared: Prepared, seeds: int) -> dict[str, Any]:
     """The benchmark config and what the prepared data says, for the protocol section."""
-    prep = prepared.crop
-    config = read_manifest(prep, next(iter(_tasks(prep)))).get("config", {})
+    manifest = _manifest(prepared.crop)
     images, mixed = test_images(prepared)
     return {
         "bench": bench.to_dict(),
         "facts": {
             "test_images": images,
             "mixed_test_images": mixed,
-            "val_fraction": config.get("val_fraction"),
-            "test_prevalence": _prevalence(prep),
+            "val_fraction": manifest.get("config", {}).get("val_fraction"),
+            "test_prevalence": _prevalence(prepared.crop, manifest),
             "seeds": seeds,
             "split_seeds": sorted(prepared.splits),
         },
     }
 
 
-def _tasks(prep: Path) -> list[str]:
-    return list(json.loads((prep / "manifest.json").read_text()).get("tasks", {}))
+def _manifest(prep: Path) -> dict[str, Any]:
+    return json.loads((prep / "manifest.json").read_text())
 
 
 def test_images(prepared: Prepared) -> tuple[int | None, int | None]:
     """Whole test images, and how many of them hold lesions of both CSVs (mass and calc), from
     the whole-image shards (detection, else whole-image classification); None without them."""
     for prep in (p for p in (prepared.crop, prepared.whole) if p):
+        manifest = _manifest(prep)
+        whole = manifest.get("config", {}).get("cls_input") == "whole"
         for task in ("detection", "classification"):
-            if task not in _tasks(prep) or not _whole_images(prep, task):
+            if task not in manifest.get("tasks", {}) or (task == "classification" and not whole):
                 continue
             types = _column(prep, task, "lesion_type")
             return len(types), sum("+" in str(t) for t in types)
     return None, None
 
 
-def _whole_images(prep: Path, task: str) -> bool:
-    config = read_manifest(prep, task).get("config", {})
-    return task == "detection" or config.get("cls_input") == "whole"
-
-
-def _prevalence(prep: Path) -> float | None:
-    if "classification" not in _tasks(prep):
+def _prevalence(prep: Path, manifest: dict[str, Any]) -> float | None:
+    if "classification" not in manifest.get("tasks", {}):
         return None
     labels = _column(prep, "classification", "label")
-    config = read_manifest(prep, "classification").get("config", {})
-    malignant = 2 if config.get("label_map") == "3class" else 1
+    malignant = 2 if manifest.get("config", {}).get("label_map") == "3class" else 1
     return sum(label == malignant for label in labels) / len(labels) if labels else None
 
 

@@ -15,11 +15,10 @@ import functools
 import statistics
 from typing import Any
 
+from orchestration.results.leaderboard import PRIMARY
 from orchestration.sweep_config import SweepConfig
 from orchestration.train.config import TASK_METRIC, TrainConfig
 from orchestration.train.driver import evaluate_checkpoint, open_checkpoint
-
-PRIMARY = {"classification": "accuracy", "segmentation": "dice", "detection": "map50"}
 
 
 def run_seed_repeats(
