@@ -22,11 +22,14 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/mammobench benchmark --demo
 
-# Debian packages the tests need: PostgreSQL (a real tracking-server backend, tests/reliability).
+# Debian packages the tests need: PostgreSQL (a real tracking-server backend, tests/reliability)
+# and Chromium (the browser playwright drives in tests/orchestration/test_browser.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: venv test-deps
 	$(BIN)/ruff check .

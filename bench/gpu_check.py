@@ -41,29 +41,6 @@ STUDY = {  # architecture -> (task, the study's input size, batch size)
     "deeplabv3plus": ("segmentation", 512, 8),
     "fasterrcnn": ("detection", 1024, 4),
 }
-DETECTION_ASPECT = 0.6  # width / height of a CBIS-DDSM mammogram resized to its long side
-
-
-def numpy_batch(task: str, size: int, batch: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Decoded rows as Ray Data hands them to a worker (uint8 images, one channel)."""
-    out: dict[str, Any] = {
-        "label": rng.integers(0, 2, batch),
-        "patient_id": np.array([f"P_{i:05d}" for i in range(batch)], dtype=object),
-    }
-    if task != "detection":
-        out["image"] = rng.integers(0, 256, (batch, 1, size, size), dtype=np.uint8)
-        if task == "segmentation":
-            mask = np.zeros((batch, 1, size, size), np.uint8)
-            mask[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
-            out["mask"] = mask
-        return out
-    width = max(16, int(size * DETECTION_ASPECT))
-    images = np.empty(batch, dtype=object)
-    images[:] = [rng.integers(0, 256, (1, size, width), dtype=np.uint8) for _ in range(batch)]
-    side = size // 8
-    box = np.array([side, side, 3 * side, 3 * side], np.float32)
-    out |= {"image": images, "boxes": [box] * batch, "box_labels": [np.array([0])] * batch}
-    return out
 
 
 def _timed(step: Callable[[], Any], steps: int, device: torch.device) -> tuple[float, int]:
@@ -187,9 +164,10 @@ def cpu_feed(task: str, size: int, images: int, rng: np.random.Generator) -> flo
     import cv2
 
     from data_pipeline.augment import decode_batch, study_augmentation
+    from data_pipeline.synth_images import decoded_batch
 
     cv2.setNumThreads(1)
-    rows = numpy_batch("classification", size, images, rng)["image"]
+    rows = decoded_batch("classification", size, images, rng)["image"]
     pngs = np.array([cv2.imencode(".png", r[0])[1].tobytes() for r in rows], dtype=object)
     batch = {"image": pngs, "label": np.zeros(images, np.int64)}
     if task == "segmentation":
@@ -205,9 +183,11 @@ def cpu_feed(task: str, size: int, images: int, rng: np.random.Generator) -> flo
 
 def check(arch: str, scale: float, steps: int, device: torch.device, rng) -> dict[str, Any]:
     """One architecture: ours vs plain, and the CPU cores per GPU its input needs."""
+    from data_pipeline.synth_images import decoded_batch
+
     task, size, batch_size = STUDY[arch]
     size = max(32, int(size * scale) // 32 * 32)
-    batch = numpy_batch(task, size, batch_size, rng)
+    batch = decoded_batch(task, size, batch_size, rng)
     row: dict[str, Any] = {"arch": arch, "task": task, "size": size, "batch": batch_size}
     a, b = ours(arch, batch, size, device, steps), plain(arch, batch, size, device, steps)
     row |= {

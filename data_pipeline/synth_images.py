@@ -8,6 +8,7 @@ pleomorphic specks in a tight cluster, benign ones few, coarse and round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -128,3 +129,29 @@ def shrink_mask(mask: np.ndarray, factor: float) -> np.ndarray:
     h, w = mask.shape
     size = (max(int(w * factor), 1), max(int(h * factor), 1))
     return cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+
+
+DETECTION_ASPECT = 0.6  # width / height of a CBIS-DDSM mammogram resized to its long side
+
+
+def decoded_batch(task: str, size: int, batch: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Random rows shaped as Ray Data hands decoded rows to a Train worker (uint8, one channel;
+    detection images at a mammogram's aspect, one box each): for step timings and GPU checks."""
+    out: dict[str, Any] = {
+        "label": rng.integers(0, 2, batch),
+        "patient_id": np.array([f"P_{i:05d}" for i in range(batch)], dtype=object),
+    }
+    if task != "detection":
+        out["image"] = rng.integers(0, 256, (batch, 1, size, size), dtype=np.uint8)
+        if task == "segmentation":
+            mask = np.zeros((batch, 1, size, size), np.uint8)
+            mask[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+            out["mask"] = mask
+        return out
+    width = max(16, int(size * DETECTION_ASPECT))
+    images = np.empty(batch, dtype=object)
+    images[:] = [rng.integers(0, 256, (1, size, width), dtype=np.uint8) for _ in range(batch)]
+    side = size // 8
+    box = np.array([side, side, 3 * side, 3 * side], np.float32)
+    out |= {"image": images, "boxes": [box] * batch, "box_labels": [np.array([0])] * batch}
+    return out

@@ -111,10 +111,10 @@ def how_to_provide(spec: ModelSpec, source: WeightsSource) -> str:
     target = (directory or Path("<weights_dir>")) / f"{source.stem}.pth"
     lines = [
         "On a machine with internet, run `mammobench weights download DIR` (every"
-        " architecture's file, with checksums; `mammobench weights check DIR` verifies them),",
-        f"then copy DIR here and set ${WEIGHTS_DIR_ENV} (or --weights-dir) to it; or build with"
-        " pretrained=False. This file alone:",
-        f'  python -c "{source.export_code.format(path=target)}"',
+        " architecture's file, with checksums; `mammobench weights check DIR` verifies them),"
+        f" then copy DIR here and set ${WEIGHTS_DIR_ENV} (or --weights-dir) to it; or build"
+        " with pretrained=False.",
+        f'This file alone: python -c "{source.export_code.format(path=target)}"',
     ]
     return "\n".join(lines)
 

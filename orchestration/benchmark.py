@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models import ModelSpec, model_info, weights_available
+from orchestration import console
 from orchestration.benchmark_data import Prepared, facts, prepare_benchmark, synthesise
 from orchestration.results import tracking
 from orchestration.results.leaderboard import leaderboard, write_leaderboard
@@ -26,7 +27,13 @@ from orchestration.results.review import analyse, log_review
 from orchestration.settings import Settings
 from orchestration.stopwatch import Stopwatch
 from orchestration.train.config import TrainConfig
-from orchestration.tune import ClusterTooSmall, SweepConfig, max_concurrent_trials, run_sweep
+from orchestration.tune import (
+    ClusterTooSmall,
+    SweepConfig,
+    max_concurrent_trials,
+    run_sweep,
+    sweep_outcome,
+)
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
 
 
@@ -88,6 +95,9 @@ def run_benchmark(
         job.bench.to_dict(),
         "benchmark.yaml",
     )
+
+    if (shown := console.current()) is not None:
+        shown.plan(len(job.bench.runs))
 
     def one(run: BenchmarkRun) -> bool:
         return _run_one(job, run, name, prepared, settings, top, echo)
@@ -161,7 +171,12 @@ def benchmark_name(job: BenchmarkJob, client, exp_id: str) -> str:
         if not found:
             raise FileNotFoundError(f"no {job.experiment} benchmark to resume")
         return found[0].data.tags[tracking.BENCH_TAG]
-    return f"{job.bench.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return default_name(job.bench)
+
+
+def default_name(bench: Benchmark) -> str:
+    """``<config>-<time>``: a new benchmark's name when none is given."""
+    return f"{bench.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepared_data(
@@ -209,13 +224,13 @@ def _run_one(
     if run.task == "classification":
         tags[tracking.INPUT_TAG] = run.input
     if tracking.sweep_done(top.client, top.experiment_id, name):
-        echo(f"{run.key}: finished in an earlier attempt, not re-run")
+        _ended(echo, f"{run.key}: finished in an earlier attempt, not re-run")
         return True
     if run.setting == "pretrained":
         spec = ModelSpec(name=run.model, pretrained=True, weights_dir=job.weights_dir)
         ok, reason = weights_available(spec)
         if not ok:
-            echo(f"{run.key}: skipped: {reason.splitlines()[0]}")
+            _ended(echo, f"{run.key}: skipped: {reason.splitlines()[0]}")
             tracking.record_outcome(
                 top.client, top.experiment_id, name, top.run_id, tags, skipped=reason
             )
@@ -235,9 +250,19 @@ def _run_one(
             error=error,
             detail=traceback.format_exc(),
         )
-        echo(f"{run.key}: failed: {error} (traceback: {tracking.ERROR_FILE} of run {run_id})")
+        _ended(echo, f"{run.key}: failed: {error} ({tracking.ERROR_FILE} of run {run_id})")
         return False
+    _ended(echo, f"{run.key}: {sweep_outcome(summary)}")
     return summary["best"] is not None
+
+
+def _ended(echo: Callable[[str], None], text: str) -> None:
+    """A sweep's last line, counted by the running verb's console when there is one."""
+    shown = console.current()
+    if shown is None:
+        echo(text)
+    else:
+        shown.sweep_done(text)
 
 
 def study_frozen(model: str) -> dict[str, Any]:

@@ -16,10 +16,15 @@ from data_pipeline import TASKS
 from data_pipeline.catalog import build_catalog
 from data_pipeline.prepare_plan import PrepareConfig
 from data_pipeline.synth import SynthConfig
+from orchestration.cli_serve import evaluate, predict
 from orchestration.cli_weights import weights_app
+from orchestration.console import captured, log_path
 from orchestration.settings import Settings, set_offline_environment
 from orchestration.sweep_config import SweepConfig
 from orchestration.train.config import TrainConfig
+
+VERBOSE_HELP = "Show Ray's, Ray Data's and the libraries' logs here too (always in the log file)."
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)]
 
 app = typer.Typer(
     help="Distributed experiment orchestration on Ray for breast-cancer deep learning on CBIS-DDSM.",
@@ -224,6 +229,7 @@ def prepare(
         float | None,
         option(PrepareConfig, "val_fraction", "Share of training patients in validation."),
     ] = None,
+    verbose: Verbose = False,
 ) -> None:
     """Convert DICOMs into Parquet shards with Ray Data: resumable, nothing lost, no PHI."""
     from data_pipeline.convert import prepare as run_prepare
@@ -248,8 +254,9 @@ def prepare(
             )
         )
         catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    init_ray(ctx.obj.address)
-    manifest = run_prepare(catalog, out, cfg, workers=workers, print_fn=typer.echo)
+    with captured(log_path(out / "logs", "prepare"), verbose) as shown:
+        init_ray(ctx.obj.address)
+        manifest = run_prepare(catalog, out, cfg, workers=workers, print_fn=shown.say)
     text, share = prepare_text(manifest, out, cfg.tasks)
     typer.echo(text)
     if share > cfg.max_quarantine:
@@ -322,6 +329,7 @@ def train(
     ] = None,
     seed: Annotated[int | None, option(TrainConfig, "seed")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train one architecture with Ray Train, then evaluate its best checkpoint on test."""
     from orchestration.ray_cluster import init_ray
@@ -355,8 +363,10 @@ def train(
             ),
         )
         check_job(cfg.with_manifest())
-    init_ray(ctx.obj.address)
-    result = run_training(cfg, ctx.obj.storage)
+    with captured(log_path(ctx.obj.home / "logs", "train"), verbose) as shown:
+        shown.say(f"training {cfg.model} on {cfg.data} ({cfg.epochs} epochs at most)")
+        init_ray(ctx.obj.address)
+        result = run_training(cfg, ctx.obj.storage)
     typer.echo(train_text(result))
     if as_json:
         typer.echo(json.dumps(result, default=str))
@@ -443,6 +453,7 @@ def tune(
         option(SweepConfig, "seeds", "Train the best params with this many seeds in all.", min=1),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Sweep pretrained x unfrozen stages x learning rate with Ray Tune; track it in MLflow."""
     import yaml
@@ -468,7 +479,7 @@ def tune(
         raise typer.Exit(2)
     from orchestration.ray_cluster import init_ray
     from orchestration.train.driver import check_job
-    from orchestration.tune import run_sweep
+    from orchestration.tune import run_sweep, sweep_outcome
 
     train = {"batch_size": batch_size} if batch_size else {}
     train |= {"weights_dir": weights_dir} if weights_dir else {}
@@ -499,9 +510,14 @@ def tune(
         check_job(sweep.base())
         # a bad space file fails before Ray starts
         resolve_space(sweep.space, sweep.task, model, weights_dir)
-    init_ray(ctx.obj.address)
-    with user_errors(SpaceError):
+    with (
+        user_errors(SpaceError),
+        captured(log_path(ctx.obj.home / "logs", "tune"), verbose) as shown,
+    ):
+        shown.plan(1)
+        init_ray(ctx.obj.address)
         summary = run_sweep(sweep, ctx.obj)
+        shown.sweep_done(f"{summary['sweep']}: {sweep_outcome(summary)}")
     typer.echo(tune_text(summary, ctx.obj))
     if as_json:
         typer.echo(json.dumps(summary, default=str))
@@ -550,10 +566,11 @@ def benchmark(
         typer.Option(help="Print every sweep, what is skipped and why, and the expected cost."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
     from models import available_models
-    from orchestration.benchmark import BenchmarkJob, run_benchmark
+    from orchestration.benchmark import BenchmarkJob, default_name, run_benchmark
     from orchestration.ray_cluster import init_ray
     from orchestration.results.report import write_report
     from orchestration.results.report_text import benchmark_text
@@ -569,17 +586,22 @@ def benchmark(
     if dry_run:
         _dry_run(bench, data, weights_dir, seeds, as_json)
         return
-    init_ray(ctx.obj.address)
+    name = name or (None if resume else default_name(bench))
+    logs = ctx.obj.home / ("benchmarks" if name else "logs")
     job = BenchmarkJob(bench, data, prep, name, resume, weights_dir, seeds, vary_split)
-    with user_errors(SpaceError):
-        result = run_benchmark(job, ctx.obj, typer.echo)
-    report = write_report(
-        client_for(ctx.obj.tracking_uri),
-        job.experiment,
-        Path(result["folder"]),
-        ctx.obj.home,
-        result["run_id"],
-    )
+    with (
+        user_errors(SpaceError),
+        captured(log_path(logs / (name or ""), "benchmark"), verbose) as shown,
+    ):
+        init_ray(ctx.obj.address)
+        result = run_benchmark(job, ctx.obj, shown.say)
+        report = write_report(
+            client_for(ctx.obj.tracking_uri),
+            job.experiment,
+            Path(result["folder"]),
+            ctx.obj.home,
+            result["run_id"],
+        )
     typer.echo(benchmark_text(result, report, ctx.obj))
     if as_json:
         typer.echo(json.dumps(result | {"report": str(report)}, default=str))
@@ -651,7 +673,7 @@ def ui(
     import os
     import subprocess
 
-    from orchestration.ui import exposure_warning, ui_command, ui_url
+    from orchestration.ui import exposure_warning, newest_experiment, ui_command, ui_url
 
     settings = ctx.obj
     if not settings.tracking_uri.startswith("sqlite:"):
@@ -660,12 +682,23 @@ def ui(
     warning = exposure_warning(host, port)
     if warning:
         typer.echo(warning, err=True)
-    typer.echo(f"MLflow UI: {ui_url(host, port)}  (store {settings.tracking_uri}; Ctrl-C stops)")
+    newest = newest_experiment(settings.tracking_uri)
+    where = f"{newest[1]}'s runs; all: {ui_url(host, port)}; " if newest else ""
+    typer.echo(
+        f"MLflow UI: {ui_url(host, port, newest and newest[0])}  "
+        f"({where}store {settings.tracking_uri}; Ctrl-C stops)"
+    )
     cmd = ui_command(settings, port, host)
     raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_HOST": host}))
 
 
 app.add_typer(weights_app, name="weights")
+app.command()(predict)
+app.command()(evaluate)
+
+from orchestration.cli_doctor import doctor  # noqa: E402  (the verb lives in cli_doctor.py)
+
+app.command()(doctor)
 
 if __name__ == "__main__":
     app()

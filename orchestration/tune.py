@@ -25,6 +25,7 @@ from models import ModelSpec, WeightsNotFoundError, model_info, weights_availabl
 from orchestration.results import plots
 from orchestration.results.model_card import model_card
 from orchestration.results.tracking import (
+    BENCH_TAG,
     INPUT_TAG,
     MODEL_TAG,
     SEEDS_TAG,
@@ -188,6 +189,8 @@ def _tuner(
     import ray
     from ray import tune
 
+    from orchestration.tune_progress import SweepProgress
+
     trainable = _register_trainable(base, storage, name)
     path = f"{storage.rstrip('/')}/{name}"
     if sweep.resume and tune.Tuner.can_restore(path):
@@ -206,7 +209,10 @@ def _tuner(
     )
     failures = tune.FailureConfig(max_failures=sweep.max_failures)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage, callbacks=[tracker], failure_config=failures
+        name=name,
+        storage_path=storage,
+        callbacks=[tracker, SweepProgress(_label(sweep, name), base.metric)],
+        failure_config=failures,
     )
     return tune.Tuner(
         trainable,
@@ -214,6 +220,12 @@ def _tuner(
         tune_config=tune_config,
         run_config=run_config,
     )
+
+
+def _label(sweep: SweepConfig, name: str) -> str:
+    """The sweep as the console names it: without its benchmark's name in front."""
+    bench = sweep.tags.get(BENCH_TAG)
+    return name.removeprefix(f"{bench}-") if bench else name
 
 
 def _register_trainable(base: TrainConfig, storage: str, sweep: str) -> str:
@@ -286,13 +298,24 @@ def _register(
     parent: SweepRun, best: dict[str, Any], base: TrainConfig, settings: Settings
 ) -> dict[str, str]:
     """Log the best trial's model on the sweep's run and register it with its test figures."""
-    name = f"mammobench-{base.model}-{base.task}"
+    name = registered_name(base)
     model = _best_model(best, base, settings.storage)
     cfg = base.with_params(best["params"])
     tags = {"model_card": model_card(cfg, best["test"])}
     if "threshold" in best["test"]:  # the operating point travels with the model
         tags |= {"threshold": repr(best["test"]["threshold"]), "threshold_rule": cfg.threshold_rule}
-    return {"name": name, "version": parent.register_model(name, model, best["test"], tags)}
+    return {"name": name, "version": parent.register_model(name, model, cfg, best["test"], tags)}
+
+
+def registered_name(base: TrainConfig) -> str:
+    """``mammobench-<model>-<task>``; a whole-image classifier, which takes other input than a
+    lesion-crop one, is ``...-whole``."""
+    whole = base.task == "classification" and _input_of(base) == "whole"
+    return f"mammobench-{base.model}-{base.task}" + ("-whole" if whole else "")
+
+
+def _input_of(base: TrainConfig) -> str:
+    return str(read_manifest(base.data, base.task).get("config", {}).get("cls_input", "crop"))
 
 
 def _seeds(
@@ -332,7 +355,7 @@ def _tags(base: TrainConfig, skipped: str | None) -> dict[str, str]:
     tags = provenance_tags(str(manifest.get("fingerprint", "")))
     tags |= {MODEL_TAG: base.model, TASK_TAG: base.task}
     if base.task == "classification":  # what the leaderboard's protocol column says
-        tags[INPUT_TAG] = str(manifest.get("config", {}).get("cls_input", "crop"))
+        tags[INPUT_TAG] = _input_of(base)
         tags[THRESHOLD_TAG] = base.threshold_rule
     if skipped:
         tags[SKIPPED_PRETRAINED_TAG] = skipped
@@ -380,6 +403,17 @@ def _summary(
         "best": best_out,
         "skipped_pretrained": skipped,
     }
+
+
+def sweep_outcome(summary: dict[str, Any]) -> str:
+    """``val auc 0.71, test auc 0.68`` of a sweep's best trial, or why there is none."""
+    best = summary["best"]
+    if best is None:
+        return "no trial reported a validation metric (see the sweep's trials in MLflow)"
+    words = [f"val {key} {value:.3f}" for key, value in best["val"].items()]
+    test = best.get("test", {})
+    words += [f"test {k} {test[k]:.3f}" for k in best["val"] if isinstance(test.get(k), float)]
+    return "done: " + ", ".join(words)
 
 
 def _trial_row(result, best_key: str) -> dict[str, Any]:

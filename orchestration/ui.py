@@ -28,9 +28,35 @@ def host_header(name: str, port: int) -> str:
     return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
 
-def ui_url(host: str, port: int) -> str:
-    """The URL to open on this machine (a wildcard bind answers on loopback too)."""
-    return f"http://{host_header(LOOPBACK if host in WILDCARDS else host, port)}"
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
+def ui_url(host: str, port: int, experiment: str | None = None) -> str:
+    """The URL to open on this machine (a wildcard bind answers on loopback too): the
+    ``experiment``'s runs, or the experiments list, in the UI's model-training view.
+
+    MLflow 3.17's UI picks GenAI or model training from one switch kept in the browser (GenAI
+    on a fresh one), not from the experiment's ``mlflow.experimentKind`` tag; the URL's
+    ``workflowType`` sets it.
+    """
+    base = f"http://{host_header(LOOPBACK if host in WILDCARDS else host, port)}"
+    page = f"experiments/{experiment}/runs" if experiment else "experiments"
+    return f"{base}/#/{page}?{MODEL_TRAINING}"
+
+
+def newest_experiment(tracking_uri: str) -> tuple[str, str] | None:
+    """(id, name) of the experiment mammobench touched last in a local store, if any."""
+    if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return None
+    from orchestration.results.tracking import EXPERIMENT_KIND, client_for
+
+    ((key, value),) = EXPERIMENT_KIND.items()
+    found = client_for(tracking_uri).search_experiments(
+        filter_string=f"tags.`{key}` = '{value}'",
+        order_by=["last_update_time DESC"],
+        max_results=1,
+    )
+    return (found[0].experiment_id, found[0].name) if found else None
 
 
 def exposed_names(host: str) -> list[str]:

@@ -243,7 +243,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [_md_row(HEADER), _md_row(["---"] * len(HEADER))]
     for row in rows:
         lines.append(_md_row(cells(row)))
-    notes = [line for group in shared_notes(rows) for line in _note_lines(group)]
+    said: set[str] = set()
+    notes = [line for group in shared_notes(rows) for line in _note_lines(group, said)]
     text = "\n".join(lines) + "\n"
     if any(row["task"] == "detection" for row in rows):
         notes.append(f"- **Detection**: {DETECTION_RULE}.")
@@ -271,10 +272,13 @@ def shared_notes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _note_lines(group: dict[str, Any]) -> list[str]:
+def _note_lines(group: dict[str, Any], said: set[str]) -> list[str]:
+    """A group's note; a common line an earlier note has ``said`` (the one way to get every
+    weights file) is not repeated."""
     names = ", ".join(f"**{r['model']} ({r['setting']})**" for r in group["rows"])
     lines = [f"- {names} {group['head']}"]
-    lines += [f"  {line.strip()}" for line in group["common"]]
+    lines += [f"  {line.strip()}" for line in group["common"] if line.strip() not in said]
+    said.update(line.strip() for line in group["common"])
     lines += [
         f"  - {row['model']}: {' '.join(line.strip() for line in own)}"
         for row, own in group["own"]

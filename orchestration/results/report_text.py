@@ -65,6 +65,17 @@ def train_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluation_text(result: dict[str, Any]) -> str:
+    """An external validation's metrics (with their CIs) on one prepared split."""
+    head = f"{result['model_uri']} on {result['data']} ({result['split']}, n={result['n']})"
+    items = [
+        f"{k} {_fmt(v)}" + (f" {_fmt(result[k + '_ci'])}" if k + "_ci" in result else "")
+        for k, v in result.items()
+        if isinstance(v, float) and not k.endswith("_ci")
+    ]
+    return "\n".join([head, "  " + ", ".join(items), f"  MLflow run {result['run_id']}"])
+
+
 def _choices(choices: list[Any]) -> str:
     numbers = [c for c in choices if isinstance(c, int)]
     return f"0..{max(numbers)}, all" if numbers else ", ".join(map(str, choices))

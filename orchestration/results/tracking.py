@@ -283,24 +283,18 @@ class SweepRun:
         self,
         name: str,
         model: torch.nn.Module,
+        cfg: TrainConfig,
         test: dict[str, Any],
         tags: dict[str, str] | None = None,
     ) -> str:
-        """Log the best model on the parent run and register it with its test metrics (and
-        ``tags``, e.g. the operating point chosen on validation)."""
-        requirements = [
-            f"{p}=={importlib.metadata.version(p)}"
-            for p in ("torch", "timm", "segmentation-models-pytorch", "torchvision")
-        ]
+        """Log the best model on the parent run as a pyfunc model from code (its preprocessing,
+        labels and the operating point chosen on validation inside) and register it with its
+        test metrics (and ``tags``)."""
+        from orchestration.serving.package import log_pyfunc
+
         mlflow.start_run(run_id=self.run_id, experiment_id=self.experiment_id)
         try:
-            info = mlflow.pytorch.log_model(
-                model,
-                name="best_model",
-                registered_model_name=name,
-                pip_requirements=requirements,
-                serialization_format="pickle",
-            )
+            info = log_pyfunc(model, cfg, test.get("threshold"), registered_model_name=name)
         finally:  # still running: ``finish`` ends it after the test metrics, with its real status
             mlflow.end_run(status="RUNNING")
         version = str(info.registered_model_version)

@@ -119,20 +119,35 @@ def evaluate_local(cfg: TrainConfig, checkpoint_dir: str, split: str = "test") -
     paired tests, subgroups and ensembles that compare models on the same cases.
     """
     model = load_best_model(cfg, checkpoint_dir)
-    task = make_task(cfg.task, cfg.in_chans, lesion_only=cfg.lesion_detector)
+    if cfg.task != "classification":
+        return score_model(cfg, model, split)
+    val = _predict(cfg, model, _task(cfg), "val")
+    threshold = validation_threshold(val, cfg.threshold_rule) if val else None
+    result = score_model(cfg, model, split, threshold)
+    if result["n"] and val:
+        result["predictions"]["val"] = prediction_table(cfg, "val", val)
+    return result
+
+
+def score_model(
+    cfg: TrainConfig, model: nn.Module, split: str = "test", threshold: float | None = None
+) -> dict[str, Any]:
+    """A model's metrics on ``split`` of ``cfg.data`` (with CIs: ``cfg.bootstrap``); a
+    classifier's binary metrics at ``threshold`` and its predictions beside the metadata."""
+    task = _task(cfg)
     outputs = _predict(cfg, model, task, split)
     if not outputs:
         return {"n": 0}
     if cfg.task != "classification":
         return {"n": len(outputs["patient_id"]), **task.metrics(outputs, cfg.bootstrap)}
-    val = _predict(cfg, model, task, "val")
-    threshold = validation_threshold(val, cfg.threshold_rule) if val else None
     chosen = {} if threshold is None else {"threshold": threshold}
     metrics = task.metrics(outputs, cfg.bootstrap, **chosen)
     tables = {split: prediction_table(cfg, split, outputs)}
-    if val:
-        tables["val"] = prediction_table(cfg, "val", val)
     return {"n": len(outputs["patient_id"]), **metrics, "predictions": tables}
+
+
+def _task(cfg: TrainConfig):
+    return make_task(cfg.task, cfg.in_chans, lesion_only=cfg.lesion_detector)
 
 
 def _predict(cfg: TrainConfig, model: nn.Module, task, split: str) -> dict[str, Any]:

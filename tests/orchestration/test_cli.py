@@ -27,7 +27,11 @@ from orchestration.train.config import TrainConfig
 from orchestration.tune import SweepConfig
 
 runner = CliRunner()
-VERBS = ("catalog", "synth", "prepare", "train", "tune", "benchmark", "report", "models", "ui")
+VERBS = (
+    *("catalog", "synth", "prepare", "train", "tune", "benchmark", "report", "models", "ui"),
+    *("predict", "evaluate", "weights", "doctor"),
+)
+LONG_VERBS = ("prepare", "train", "tune", "benchmark")  # a console, their libraries' logs in a file
 
 
 def test_help_lists_every_verb() -> None:
@@ -44,6 +48,12 @@ def test_every_verb_has_help(verb: str) -> None:
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+@pytest.mark.parametrize("verb", LONG_VERBS)
+def test_long_verbs_can_show_the_libraries_logs(verb: str) -> None:
+    result = runner.invoke(app, [verb, "--help"])
+    assert "--verbose" in result.output
 
 
 def test_console_script_is_installed() -> None:

@@ -103,6 +103,20 @@ def test_a_skip_reason_many_rows_share_is_said_once() -> None:
     )
 
 
+def test_the_way_to_get_every_weights_file_is_said_once_across_reasons() -> None:
+    hint = "run `mammobench weights download DIR` where there is internet"
+    rows = [
+        _row(m, "classification", "pretrained", status="skipped", note=f"{url}\n{hint}\n{own}")
+        for m, url, own in (
+            ("vgg16", "https://hub/vgg16 is unreachable", "This file alone: vgg16.pth"),
+            ("resnet50", "https://hub/resnet50 is unreachable", "This file alone: resnet50.pth"),
+        )
+    ]
+    text = markdown(rows)
+    assert text.count(hint) == 1
+    assert "vgg16.pth" in text and "resnet50.pth" in text  # each row's own command stays
+
+
 def test_study_frozen_keeps_the_studys_unfreeze_through_a_trial(prepared_small: Path) -> None:
     from models import model_info
     from orchestration.benchmark import study_frozen
@@ -266,3 +280,19 @@ def test_a_shared_reason_is_said_once_and_each_rows_own_command_under_it() -> No
     assert text.count("no weights directory set") == 1 and text.count("then copy it") == 1
     assert "**vgg16 (pretrained)**, **resnet50 (pretrained)** skipped: no weights" in text
     assert "  - vgg16: make vgg16.pth\n  - resnet50: make resnet50.pth" in text
+
+
+def test_a_whole_image_classifier_is_registered_apart_from_the_crop_one(tmp_path: Path) -> None:
+    from orchestration.tune import registered_name
+
+    names = {}
+    for kind in ("crop", "whole"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        manifest = {"tasks": {"classification": {}}, "config": {"cls_input": kind}}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        names[kind] = registered_name(TrainConfig(model="densenet121", data=str(folder)))
+    assert names == {
+        "crop": "mammobench-densenet121-classification",
+        "whole": "mammobench-densenet121-classification-whole",
+    }

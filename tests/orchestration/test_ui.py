@@ -55,3 +55,12 @@ def test_ui_answers_on_loopback_and_refuses_foreign_host(tmp_path: Path) -> None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_the_printed_url_opens_the_model_training_view() -> None:
+    from orchestration.ui import ui_url
+
+    assert ui_url("0.0.0.0", 5000, "3") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    )
+    assert ui_url("::1", 80) == "http://[::1]:80/#/experiments?workflowType=machine_learning"
