@@ -254,7 +254,7 @@ def prepare(
             )
         )
         catalog = build_catalog(data, csv, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    with captured(log_path(out / "logs", "prepare"), verbose) as shown:
+    with captured(log_path(ctx.obj.home / "logs", "prepare"), verbose) as shown:
         init_ray(ctx.obj.address)
         manifest = run_prepare(catalog, out, cfg, workers=workers, print_fn=shown.say)
     text, share = prepare_text(manifest, out, cfg.tasks)

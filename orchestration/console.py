@@ -53,8 +53,8 @@ class Console:
         """One event line (above the live bar on a terminal)."""
         with self._lock:
             if self._bar is not None:
+                self._refresh()  # the bar under the line shows the counts it reports
                 self._bar.console.print(text, markup=False, highlight=False)
-                self._refresh()
             else:
                 self.stream.write(f"[{_clock(self.elapsed)}] {text}\n")
                 self.stream.flush()
@@ -127,6 +127,8 @@ def _live_bar(stream: TextIO, total: int):
         TimeElapsedColumn(),
         console=RichConsole(file=stream),
         transient=True,
+        redirect_stdout=False,  # Python's own prints belong in the log file, as fd 1's do
+        redirect_stderr=False,
     )
     bar.add_task("", total=total)
     bar.start()

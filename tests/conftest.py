@@ -20,11 +20,21 @@ REAL_CSV_DIR = TEST_DATA / "cbis-ddsm"
 REFERENCE = REPO.parent / "shared" / "reference" / "cbis-ddsm"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _work_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """CLI calls that name no work dir write their logs and stores there, not into the
+    checkout's ``./runs``."""
+    if "MAMMOBENCH_HOME" not in os.environ:
+        os.environ["MAMMOBENCH_HOME"] = str(tmp_path_factory.mktemp("home"))
+
+
 @pytest.fixture(autouse=True)
 def _own_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI: a test's store must not become
-    the store of a later test's subprocesses (undone after every test)."""
+    """``mlflow.set_tracking_uri`` (and ``set_registry_uri``) export MLFLOW_TRACKING_URI (and
+    MLFLOW_REGISTRY_URI): a test's store must not become the store of a later test's
+    subprocesses (cleared before every test)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,7 @@ class SweepRun:
             client.update_run(sweep.run_id, status="RUNNING")
             sweep.fail_leftovers()
             return sweep
-        all_tags = {NAME_TAGS[kind]: name, KIND_TAG: kind, **(tags or {})}
+        all_tags = {NAME_TAGS[kind]: name, KIND_TAG: kind, **SOURCE_TAGS, **(tags or {})}
         if parent:
             all_tags[PARENT_TAG] = parent
         run = client.create_run(experiment, run_name=name, tags=all_tags)

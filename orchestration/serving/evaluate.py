@@ -26,8 +26,7 @@ EVALUATION_EXPERIMENT = "external-validation"
 
 def load(model_uri: str, settings: Settings) -> Any:
     """The pyfunc model at ``model_uri`` (``models:/NAME/VERSION``, ``runs:/...``, a path)."""
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    mlflow.set_tracking_uri(settings.tracking_uri)  # the registry too, unless one is configured
     return mlflow.pyfunc.load_model(model_uri)
 
 

@@ -200,7 +200,10 @@ def run_training(cfg: TrainConfig, storage: str) -> dict[str, Any]:
     cfg = cfg.with_manifest()
     check_job(cfg)
     name = cfg.run_name()
-    result = trainer_for(cfg, storage, name, started=started).fit()
+    from orchestration.train.progress import epoch_lines
+
+    with epoch_lines(cfg.metric, cfg.epochs) as callbacks:
+        result = trainer_for(cfg, storage, name, callbacks, started).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     with result.checkpoint.as_directory() as folder:

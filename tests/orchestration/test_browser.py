@@ -138,6 +138,11 @@ def _expand_tree(page: Page, names: tuple[str, str, str], shots: Path) -> None:
         )
         cell.get_by_role("button").click()  # the row's "+" expander
         expect(page.get_by_role("link", name=child, exact=True)).to_be_visible(timeout=WAIT)
+    column = "[role=gridcell][col-id='attributes.`{}`']".format
+    expect(page.locator(column("Source"), has_text="mammobench")).to_have_count(3)
+    expect(page.locator(column("Dataset"), has_text="cbis-ddsm-classification-")).to_have_count(2)
+    registered = page.locator(column("Models"), has_text="mammobench-mobilenetv2-classification")
+    expect(registered).to_have_count(1)  # the sweep's row links its registered model
     _shot(page, shots, "2-runs-tree")
 
 

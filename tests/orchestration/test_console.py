@@ -67,3 +67,35 @@ def test_an_error_is_printed_in_full_on_the_terminal(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr
     assert "RuntimeError: a real error" in done.stderr
+
+
+def test_on_a_terminal_the_live_bar_keeps_the_noise_in_the_log(tmp_path: Path) -> None:
+    """The same verb on a pseudo-terminal: rich's live bar, the event lines above it, the
+    libraries' output still in the log, and the terminal intact afterwards."""
+    import os
+    import pty
+
+    log = tmp_path / "logs" / "verb.log"
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(log), "0"], stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in terminal  # drawn by rich, not plain lines
+    assert "s1: trial t1 done: best val_auc 0.700 (epoch 3)" in terminal
+    assert "after" in terminal and "Error" not in terminal
+    for line in NOISE:
+        assert line not in terminal
+        assert line in log.read_text()

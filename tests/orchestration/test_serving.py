@@ -3,6 +3,7 @@ DICOM as ``prepare`` does, and ``mammobench predict`` / ``evaluate`` use it."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -144,3 +145,40 @@ def test_evaluate_scores_prepared_data_at_the_stored_threshold(
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     other = CliRunner().invoke(app, [*args, "--data", str(tmp_path)])
     assert other.exit_code == 2 and "prepared at 64 px" in other.output
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "options"),
+    [
+        ("unet", "segmentation", {"encoder": "resnet18"}),
+        ("fasterrcnn_mobilenet", "detection", {}),
+    ],
+)
+def test_a_segmenter_and_a_detector_answer_in_the_files_own_pixels(
+    model: str, task: str, options: dict, prepared_small: Path, tmp_path: Path
+) -> None:
+    """Masks come back at the DICOM's own size, boxes in its own pixel coordinates."""
+    from PIL import Image
+
+    cfg = TrainConfig(model=model, data=str(prepared_small), task=task, **options)
+    cfg = cfg.with_manifest()
+    torch.manual_seed(0)
+    net = build_model(cfg.model_spec()).eval()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    run = SweepRun.open(client, experiment_id(client, "s", tmp_path / "a"), "s", resume=False)
+    name = f"mammobench-{model}-{task}"
+    run.register_model(name, net, cfg, {})
+    out = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(
+        pd.DataFrame({"image": [WHOLE.read_bytes()]})
+    )
+    height, width = read_image(WHOLE).shape
+    row = out.iloc[0]
+    if task == "segmentation":
+        mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        assert 0.0 <= row["lesion_fraction"] <= 1.0
+    else:
+        assert len(row["boxes"]) == len(row["scores"]) == len(row["labels"]) > 0, row
+        for x0, y0, x1, y1 in row["boxes"]:
+            assert 0 <= x0 <= x1 <= width + 1 and 0 <= y0 <= y1 <= height + 1

@@ -24,7 +24,12 @@ runner = CliRunner()
 def _train_json(args: list[str], home: Path) -> dict:
     result = runner.invoke(app, ["--storage", str(home / "ray"), "train", *args, "--json"])
     assert result.exit_code == 0, result.output
-    return last_json(result.stdout)
+    got = last_json(result.stdout)
+    # the console: one line per epoch, from the Train controller's reports
+    epochs = [line for line in result.stdout.splitlines() if "] epoch " in line]
+    assert len(epochs) == got["epochs"], result.stdout[-3000:]
+    assert "epoch 1/" in epochs[0] and "val_auc" in epochs[0] and "(best " in epochs[0]
+    return got
 
 
 def last_json(text: str) -> dict:

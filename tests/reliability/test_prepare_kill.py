@@ -42,7 +42,7 @@ def test_killed_prepare_reruns_to_the_uninterrupted_bytes(
     args = [str(Path(sys.executable).parent / "mammobench"), "prepare", str(synthetic_data)]
     args += ["--out", str(killed), "--task", "all"]
     args += [f"--{k.replace('_', '-')}={v}" for k, v in SIZES.items()]
-    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    env = {**os.environ, "RAY_ADDRESS": ray_local, "MAMMOBENCH_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and _sidecars(killed) < at and proc.poll() is None:
