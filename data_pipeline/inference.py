@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from data_pipeline.dicom import DicomError, read_image
-from data_pipeline.transforms import clahe, downscale, downscale_long_side, to_uint8
+from data_pipeline.transforms import detection_image, whole_image
 
 DICOM_MAGIC_OFFSET = 128  # "DICM" follows the 128-byte preamble of a Part 10 file
 
@@ -67,7 +67,5 @@ def model_image(image: np.ndarray, task: str, size: int, clip_limit: float) -> n
     """``prepare``'s output for ``image``: a ``size`` square (classification and segmentation)
     or its long side at ``size`` (detection), as uint8 with CLAHE."""
     if task == "detection":
-        small, _ = downscale_long_side(image, size)
-    else:
-        small = downscale(image, size)
-    return clahe(to_uint8(small), clip_limit=clip_limit)
+        return detection_image(image, [], size, clip_limit)[0]
+    return whole_image(image, size, clip_limit)

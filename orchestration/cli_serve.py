@@ -29,14 +29,14 @@ def predict(
     a line with its error, and the exit code is 1."""
     from data_pipeline.inference import InputError
     from orchestration.cli import user_errors
-    from orchestration.serving.evaluate import load, predict_files
+    from orchestration.serving.evaluate import load, predict_file
 
     with user_errors():
         model = load(model_uri, ctx.obj)
     failed = 0
     for path in files:
         try:
-            line = predict_files(model, [path], out)[0]
+            line = predict_file(model, path, out)
         except (OSError, InputError) as exc:
             failed += 1
             line = {"file": str(path), "error": str(exc)}

@@ -4,7 +4,6 @@ prepared data (external validation at the threshold stored with the model)."""
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from orchestration.results.tracking import (
     scalar_metrics,
 )
 from orchestration.settings import Settings
-from orchestration.train.config import TrainConfig
+from orchestration.train.config import TrainConfig, read_manifest
 
 EVALUATION_EXPERIMENT = "external-validation"
 
@@ -30,13 +29,10 @@ def load(model_uri: str, settings: Settings) -> Any:
     return mlflow.pyfunc.load_model(model_uri)
 
 
-def predict_files(model: Any, files: list[Path], out: Path | None = None) -> list[dict[str, Any]]:
-    """One JSON-ready result per file; masks written to ``out`` as PNGs (else inline base64)."""
-    results = []
-    for path in files:
-        row = model.predict(pd.DataFrame({"image": [path.read_bytes()]})).iloc[0].to_dict()
-        results.append({"file": str(path), **_json_ready(row, path, out)})
-    return results
+def predict_file(model: Any, path: Path, out: Path | None = None) -> dict[str, Any]:
+    """One file's JSON-ready result; a mask written to ``out`` as a PNG (else inline base64)."""
+    row = model.predict(pd.DataFrame({"image": [path.read_bytes()]})).iloc[0].to_dict()
+    return {"file": str(path), **_json_ready(row, path, out)}
 
 
 def _json_ready(row: dict[str, Any], path: Path, out: Path | None) -> dict[str, Any]:
@@ -92,7 +88,7 @@ def _log(
 ) -> str:
     client = client_for(settings.tracking_uri)
     exp = experiment_id(client, EVALUATION_EXPERIMENT, settings.artifact_root)
-    fingerprint = json.loads((Path(cfg.data) / "manifest.json").read_text()).get("fingerprint")
+    fingerprint = read_manifest(cfg.data, cfg.task).get("fingerprint")
     run = client.create_run(
         exp,
         run_name=f"{model_uri.removeprefix('models:/')} on {Path(cfg.data).name}",
