@@ -23,18 +23,21 @@ from common import prepared_classification
 
 from orchestration.ray_cluster import init_ray
 from orchestration.train.config import TrainConfig, shard_paths
-from orchestration.train.data import _columns, _decode, _read_shards, build_datasets, epoch_batches
+from orchestration.train.data import _columns, _decode, build_datasets, epoch_batches
 
 
 def _unshuffled(cfg: TrainConfig):
     """The training stream as it was: catalog order, no file shuffle."""
     from functools import partial
 
+    import ray.data
+
+    from orchestration.train.shard_source import ShardSource
+
     fn = partial(_decode, task=cfg.task, augment=cfg.augment)
     paths = shard_paths(cfg.data, cfg.task, "train")
-    return _read_shards(paths, _columns(cfg.task)).map_batches(
-        fn, batch_format="numpy", batch_size=cfg.batch_size
-    )
+    source = ShardSource(paths, _columns(cfg.task), cfg.batch_size)  # no seed: file order
+    return ray.data.read_datasource(source).map_batches(fn, batch_format="numpy")
 
 
 def _time_epochs(iterate, epochs: int) -> tuple[float, float, int]:

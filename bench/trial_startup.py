@@ -6,14 +6,19 @@ On one local Ray cluster, alternating so that both see a warm cluster:
    and as the one trial of a ``Tuner`` (Ray's floor for a trial that runs Ray Train);
 2. train: the project's Train job (``trainer_for``, as ``mammobench train`` runs it) on a prepared
    synthetic set, two epochs;
-3. trial: a one-trial sweep (``run_sweep``, as ``mammobench tune`` runs it, MLflow included).
+3. trial: a one-trial sweep (``run_sweep``, as ``mammobench tune`` runs it, MLflow included);
+   the first sweep of the process is cold (Ray Data's worker processes import the decoding and
+   augmentation libraries: ~4 s of CPU each), later ones find those processes warm, as every
+   trial after a sweep's first does.
 Each of ours reports its start-up with its first epoch (``first_step_s``, ``startup_*``: to the
 worker function, model build, checkpoint restore, the first batch, the first step) and every
-epoch's ``epoch_first_batch_s`` (the wait for data before an epoch's first step). Ends with one JSON
+epoch's ``epoch_first_batch_s`` (the wait for data before an epoch's first step). ``--cpu`` adds
+the CPU seconds of every kind of process from the cold sweep's call to its trial's first step
+(``process_cpu.py``): what the start-up shares two cores with. Ends with one JSON
 line; ``ratio`` = trial / bare trial. A trial's figures run from its actor loading the
 trainable. A benchmark, not a test: it asserts nothing.
 
-    .venv/bin/python bench/trial_startup.py [--patients 40] [--size 32] [--model mobilenetv2]
+    .venv/bin/python bench/trial_startup.py [--patients 40] [--size 32] [--model mobilenetv2] [--cpu]
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from common import prepared_classification, training_parser
+from process_cpu import ProcessCPU
 
 from orchestration.trial import actor_started  # loaded with this module, as ours is with its own
 
@@ -127,7 +134,8 @@ def trial(cfg, home: Path) -> dict[str, float]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent}'")
     keys = ("first_step_s", *STARTUP_KEYS)
-    return {k: _at_step(client, run.info.run_id, k, 1) for k in keys if k in run.data.metrics}
+    figures = {k: _at_step(client, run.info.run_id, k, 1) for k in keys if k in run.data.metrics}
+    return figures | {"run_started": run.info.start_time / 1000}
 
 
 def _at_step(client, run_id: str, key: str, step: int) -> float:
@@ -136,7 +144,10 @@ def _at_step(client, run_id: str, key: str, step: int) -> float:
 
 def main() -> None:
     parser = training_parser(__doc__, patients=40, size=32)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of bare and train each")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each (the first is cold)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="CPU seconds by process in the cold trial's start-up"
+    )
     args = parser.parse_args()
 
     from orchestration.train.config import TrainConfig
@@ -147,23 +158,29 @@ def main() -> None:
         cfg = TrainConfig(model=args.model, data=str(data), epochs=2, batch_size=args.batch_size)
         cfg = cfg.with_manifest()
         storage = str(root / "storage")
-        bares, trains, bare_trials = [], [], []
+        bares, trains, bare_trials, swept = [], [], [], []
         for i in range(args.repeats):
             bares.append(bare(storage, f"bare-{i}"))
             trains.append(train(cfg, storage, f"train-{i}"))
             bare_trials.append(bare_trial(storage, f"bare-trial-{i}"))
-        swept = trial(cfg, root / "home")
-    result = _result(bares, trains, swept, bare_trials[-1])
+            with ProcessCPU() if args.cpu and i == 0 else nullcontext() as cpu:
+                started = time.time()
+                swept.append(trial(cfg, root / f"home-{i}"))
+            if cpu is not None:  # from the sweep's call to (about) its trial's first step
+                end = swept[0]["run_started"] + swept[0]["first_step_s"]
+                cold_cpu = {"cold_trial_cpu_s": cpu.seconds(started, end)}
+    result = _result(bares, trains, swept, bare_trials[-1]) | (cold_cpu if args.cpu else {})
     for key, value in result.items():
         print(f"{key:>28}: {value}")
     print(json.dumps(result))
 
 
-def _result(bares: list, trains: list, swept: dict, bare_swept: dict) -> dict[str, Any]:
+def _result(bares: list, trains: list, swept: list, bare_swept: dict) -> dict[str, Any]:
     """The warm (last) run of each, the cold (first) beside it, and the stages of ours."""
     first, last = trains[-1][0], trains[-1][-1]
     out: dict[str, Any] = {
-        "trial_to_first_step_s": round(swept["first_step_s"], 2),
+        "trial_to_first_step_s": round(swept[-1]["first_step_s"], 2),
+        "cold_trial_to_first_step_s": round(swept[0]["first_step_s"], 2),
         "train_to_first_step_s": round(first["first_step_s"], 2),
         "bare_trainer_first_step_s": round(bares[-1]["first_step_s"], 2),
         "bare_trial_first_step_s": round(bare_swept["first_step_s"], 2),
@@ -172,7 +189,8 @@ def _result(bares: list, trains: list, swept: dict, bare_swept: dict) -> dict[st
         "bare_to_worker_s": round(bares[-1]["startup_to_worker_s"], 2),
     }
     out |= {f"train_{k}": round(first[k], 2) for k in STARTUP_KEYS if k in first}
-    out |= {f"trial_{k}": round(v, 2) for k, v in swept.items() if k in STARTUP_KEYS}
+    out |= {f"trial_{k}": round(v, 2) for k, v in swept[-1].items() if k in STARTUP_KEYS}
+    out |= {f"cold_trial_{k}": round(v, 2) for k, v in swept[0].items() if k in STARTUP_KEYS}
     later = [r["epoch_first_batch_s"] for r in trains[-1][1:]]
     out["later_epoch_first_batch_s"] = round(statistics.mean(later), 2) if later else None
     out["later_epoch_s"] = round(last["epoch_s"], 2)

@@ -7,6 +7,7 @@ them over the training stream, so every epoch sees new draws.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,8 +21,11 @@ if TYPE_CHECKING:
 def study_augmentation(task: str, p: float = 0.5) -> A.Compose:
     """The study's augmentations; for detection the boxes follow the geometry.
 
-    albumentations is imported here: a Train worker decodes validation rows without it.
+    albumentations is imported here: a Train worker decodes validation rows without it. Its
+    import asks PyPI for a newer version (up to 2 s where nothing answers, in every Ray Data
+    worker process that augments) unless told not to.
     """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
 
     transforms = [

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,21 @@ def max_concurrent_trials(
                 f"needs {workers * gpus_per_worker:g}"
             )
     return max(1, fit)
+
+
+def _concurrency(
+    sweep: SweepConfig, base: TrainConfig, resources: dict[str, float]
+) -> tuple[int, TrainConfig]:
+    """Trials at once, and the job each runs with its share of the CPUs the Train workers leave
+    free for Ray Data (derived with the concurrency; with ``--max-concurrent``, an autoscaling
+    cluster's nodes are not up yet: no share, each pipeline plans for what is free)."""
+    if sweep.max_concurrent:
+        return sweep.max_concurrent, base
+    concurrent = max_concurrent_trials(
+        resources, base.workers, base.cpus_per_worker, base.gpus_per_worker
+    )
+    free = resources.get("CPU", 0.0) - concurrent * base.workers * base.cpus_per_worker
+    return concurrent, replace(base, data_cpus=max(DATA_CPUS, free / concurrent))
 
 
 def resolve_space(
@@ -191,13 +206,11 @@ def _tuner(
 
     from orchestration.tune_progress import SweepProgress
 
+    concurrent, base = _concurrency(sweep, base, ray.cluster_resources())
     trainable = _register_trainable(base, storage, name)
     path = f"{storage.rstrip('/')}/{name}"
     if sweep.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    concurrent = sweep.max_concurrent or max_concurrent_trials(
-        ray.cluster_resources(), base.workers, base.cpus_per_worker, base.gpus_per_worker
-    )
     tune_config = tune.TuneConfig(
         metric=base.metric,
         mode="max",
@@ -329,10 +342,8 @@ def _seeds(
     """The best params with ``sweep.seeds - 1`` more training seeds: mean, sd, each seed."""
     import ray
 
+    concurrent, base = _concurrency(sweep, base, ray.cluster_resources())
     trainable = _register_trainable(base, settings.storage, name)
-    concurrent = sweep.max_concurrent or max_concurrent_trials(
-        ray.cluster_resources(), base.workers, base.cpus_per_worker, base.gpus_per_worker
-    )
     repeats = run_seed_repeats(
         sweep, base, best, trainable, settings.storage, f"{name}-seeds", [tracker], concurrent
     )

@@ -35,6 +35,7 @@ class TrainConfig:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    data_cpus: float | None = None  # Ray Data's CPUs for the training stream; None: all free
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     schedule: str = "cosine"

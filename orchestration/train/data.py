@@ -6,7 +6,7 @@ augmentation draws differ each epoch; the minority class is oversampled by listi
 
 Shards are sorted by split and catalog key (all Calc crops, then all Mass crops, in patient order),
 so the training stream is shuffled twice per epoch, both streaming: the shard files are read in a
-new random order every execution (``FileShuffleConfig(seed, reseed_after_execution=True)``), and
+new random order every execution (``ShardSource``, seeded by (seed, execution)), and
 each worker draws its batches from a shuffle buffer of ``SHUFFLE_BUFFER_BYTES`` of decoded rows,
 seeded by (seed, epoch, rank). Neither needs a barrier or a second copy of the data.
 """
@@ -64,40 +64,57 @@ def label_counts(cfg: TrainConfig, split: str = "train") -> Counter:
 
 
 def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
-    """``{"train": ...}``: the Ray dataset of ``TorchTrainer(datasets=...)``.
+    """``{"train": train_dataset(cfg)}``: the datasets of ``TorchTrainer(datasets=...)``.
 
-    Training rows stream from the shards and are decoded and augmented anew every epoch.
     Validation is not a Ray dataset: every rank streams the whole split from its shards itself
     after each training epoch (``iter_split``; small, never augmented), so nothing is decoded
     before training starts and nothing of it is held in the object store.
     """
+    check_splits(cfg)
+    return {"train": train_dataset(cfg)}
+
+
+def data_config(cfg: TrainConfig, split: bool = True):
+    """Ray Train's ``DataConfig`` of a job: the training stream split across DDP ranks (``split``),
+    its Ray Data execution held to ``cfg.data_cpus`` CPUs when given (a sweep's share per trial:
+    without it, every trial's pipeline plans for the whole cluster's free CPUs, and concurrent
+    trials start more decoding processes than there are CPUs for them)."""
+    from ray.data import ExecutionResources
+    from ray.train import DataConfig
+
+    options = None  # Ray Train's default ingest options
+    if cfg.data_cpus is not None:
+        options = DataConfig.default_ingest_options()
+        limits = options.resource_limits or ExecutionResources.for_limits()  # inf: no limit
+        options.resource_limits = limits.copy(cpu=cfg.data_cpus)
+    return DataConfig(datasets_to_split=["train"] if split else [], execution_options=options)
+
+
+def check_splits(cfg: TrainConfig) -> None:
+    """Fail when the training or validation split has no shards."""
     for split in ("train", "val"):
         if not shard_paths(cfg.data, cfg.task, split):
             raise ValueError(f"{cfg.data}: the {split} split of {cfg.task} is empty")
-    paths = shard_paths(cfg.data, cfg.task, "train")
-    fn = partial(_decode, task=cfg.task, augment=cfg.augment, copies=oversampling(cfg))
-    ds = _read_shards(paths, _columns(cfg.task), shuffle_seed=cfg.seed)
-    return {"train": ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)}
 
 
-def _read_shards(paths: list[str], columns: list[str], shuffle_seed: int | None = None):
-    """``read_parquet`` with Ray Data's V1 Parquet source, without progress bars.
+def train_dataset(cfg: TrainConfig):
+    """The training stream: shard files in a new order every execution (epoch), decoded and
+    augmented anew in batches of ``batch_size`` rows (decoding tasks are as many as batches, not
+    as files: a GPU node's cores decode in parallel however few shards a split has).
 
-    With ``shuffle_seed``, the shard files are read in a new order on every execution (epoch).
-
-    The V2 source starts a pool of footer-reader actors (new processes) on every execution, and
-    the training stream is re-executed every epoch: that cost ~8 s per epoch on small data here.
-    Per-epoch progress bars of every trial would bury Tune's status table; the dataset keeps a
-    copy of the context it was made in, so the settings stay with it.
+    Progress bars are off: per-epoch bars of every trial would bury Tune's status table (the
+    dataset keeps a copy of the context it was made in, so the setting stays with it).
     """
     import ray.data
-    from ray.data import FileShuffleConfig
 
-    shuffle = None
-    if shuffle_seed is not None:
-        shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    with data_context(use_datasource_v2=False, enable_progress_bars=False):
-        return ray.data.read_parquet(paths, columns=columns, shuffle=shuffle)
+    from orchestration.train.shard_source import ShardSource
+
+    paths = shard_paths(cfg.data, cfg.task, "train")
+    source = ShardSource(paths, _columns(cfg.task), cfg.batch_size, seed=cfg.seed)
+    fn = partial(_decode, task=cfg.task, augment=cfg.augment, copies=oversampling(cfg))
+    with data_context(enable_progress_bars=False):
+        ds = ray.data.read_datasource(source)
+        return ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)
 
 
 def shuffle_buffer_rows(cfg: TrainConfig) -> int:

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from orchestration.train.config import TrainConfig
-from orchestration.train.data import build_datasets, class_weights, iter_split, read_metadata
+from orchestration.train.data import (
+    build_datasets,
+    check_splits,
+    class_weights,
+    data_config,
+    iter_split,
+    read_metadata,
+)
 from orchestration.train.tasks import collate, concat_outputs, make_task
 from orchestration.train.worker import (
     BEST_FILE,
@@ -35,17 +42,20 @@ def trainer_for(
     callbacks: list | None = None,
     started: float | dict[str, float] | None = None,
 ):
-    """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1.
+    """The ``TorchTrainer`` of one job: datasets stream from the shards, DDP when workers > 1
+    (split by Ray Train; a single worker makes its stream itself: ``worker._Stream``).
 
     ``started`` (``time.time()`` when the job or trial began; now when not given) is what the
     workers' start-up figures (``first_step_s``, ``startup_*``) are measured from; a trial gives
     ``{"started": ..., "trial_fn": ...}`` (its actor loading the trainable, its function's).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     marks = dict(started) if isinstance(started, dict) else {"started": started or time.time()}
-    datasets, weights = build_datasets(cfg), class_weights(cfg)
+    check_splits(cfg)
+    datasets = build_datasets(cfg) if cfg.workers > 1 else None  # one worker makes its own
+    weights = class_weights(cfg)
     marks["planned"] = time.time()
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
@@ -63,8 +73,7 @@ def trainer_for(
             callbacks=callbacks,
         ),
         datasets=datasets,
-        # one worker reads the stream itself: a split starts a coordinator actor for nothing
-        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.workers > 1 else []),
+        dataset_config=data_config(cfg),
     )
 
 

@@ -15,7 +15,9 @@ import resource
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import ray.train.torch
 import torch
 
 from orchestration.train.config import TrainConfig
-from orchestration.train.data import epoch_batches, iter_split
+from orchestration.train.data import data_config, epoch_batches, iter_split, train_dataset
 from orchestration.train.steps import (
     amp_for,
     checksums,
@@ -129,16 +131,18 @@ def _resume(job: _Job, state: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class _FetchAhead:
-    """An epoch's batches whose first one is fetched in a thread from the start, so the data
-    pipeline spins up (tasks, their imports, the shuffle buffer) while the model is built."""
+    """An epoch's batches, made and their first one fetched in a thread from the start, so the
+    data pipeline is planned and spins up (tasks, their imports, the shuffle buffer) while the
+    model is built."""
 
-    def __init__(self, batches) -> None:
-        self._batches, self._first, self._error = iter(batches), [], None
+    def __init__(self, batches: Callable[[], Iterator[dict[str, Any]]]) -> None:
+        self._make, self._batches, self._first, self._error = batches, iter(()), [], None
         self._thread = threading.Thread(target=self._fetch, daemon=True)
         self._thread.start()
 
     def _fetch(self) -> None:
         try:
+            self._batches = iter(self._make())
             self._first.append(next(self._batches))
         except StopIteration:
             pass
@@ -151,6 +155,32 @@ class _FetchAhead:
             raise self._error
         yield from self._first
         yield from self._batches
+
+
+class _Stream:
+    """This worker's training stream, one iterator over every epoch, made at its first use.
+
+    DDP ranks take their split from Ray Train (``datasets=``, a streaming split). A single worker
+    makes the dataset itself, with the options Ray Train's ``DataConfig`` gives an unsplit one: it
+    is planned in ``_FetchAhead``'s thread while the model is built, and no dataset-manager actor
+    (a new process) is started for it.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg, self._iterator = cfg, None
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        if self._iterator is None:
+            self._iterator = self._make()
+        return epoch_batches(self._iterator, self.cfg, epoch, rank_world()[0])
+
+    def _make(self):
+        if self.cfg.workers > 1:
+            return ray.train.get_dataset_shard("train")
+        datasets = {"train": train_dataset(self.cfg)}
+        node = ray.get_runtime_context().get_node_id()
+        (shards,) = data_config(self.cfg, split=False).configure(datasets, 1, None, [node])
+        return shards["train"]
 
 
 @dataclass
@@ -191,7 +221,7 @@ class _Job:
 
 
 def _epoch(
-    job: _Job, loop: dict[str, Any], best: Best, epoch: int, batches: _FetchAhead
+    job: _Job, loop: dict[str, Any], best: Best, epoch: int, stream: _Stream, batches: _FetchAhead
 ) -> tuple[dict[str, Any], _FetchAhead | None]:
     """Train one epoch on ``batches``, validate, update ``best``; return the metrics to report
     and the next epoch's batches, whose fetch starts before validation (overlapping the
@@ -199,7 +229,7 @@ def _epoch(
     cfg = job.cfg
     start = time.perf_counter()
     stats = train_epoch(job.task, job.model, job.optimizer, batches, job.device, job.amp)
-    ahead = _FetchAhead(_batches(cfg, epoch + 1)) if epoch + 1 < cfg.epochs else None
+    ahead = _FetchAhead(partial(stream.epoch, epoch + 1)) if epoch + 1 < cfg.epochs else None
     val_start = time.perf_counter()
     val_batches = iter_split(cfg, "val", cfg.batch_size)
     outputs, first = evaluate(job.task, job.model, val_batches, job.device)
@@ -232,10 +262,6 @@ def _epoch(
     }
     loop["history"].append({k: v for k, v in metrics.items() if _scalar(v)})
     return metrics, ahead
-
-
-def _batches(cfg: TrainConfig, epoch: int):
-    return epoch_batches(ray.train.get_dataset_shard("train"), cfg, epoch, rank_world()[0])
 
 
 def _timings(stats: dict[str, Any], start: float, val_start: float) -> dict[str, float]:
@@ -299,7 +325,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False  # iteration bars, per epoch
     state, best = _load_checkpoint()
     start_epoch = state["epoch"] if state else 0
-    ahead = _FetchAhead(_batches(cfg, start_epoch)) if start_epoch < cfg.epochs else None
+    stream = _Stream(cfg)
+    ahead = _FetchAhead(partial(stream.epoch, start_epoch)) if start_epoch < cfg.epochs else None
     torch.manual_seed(cfg.seed)
     job = _Job.build(cfg, class_weights)
     marks["built"] = time.time()
@@ -310,7 +337,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         marks.pop("started", None)
     for epoch in range(loop["epoch"], cfg.epochs):
         epoch_start = time.time()
-        metrics, ahead = _epoch(job, loop, best, epoch, ahead)
+        metrics, ahead = _epoch(job, loop, best, epoch, stream, ahead)
         if first:  # this attempt's start-up, reported with its first epoch
             metrics |= _startup(marks | {"epoch": epoch_start}, metrics)
             first = False

@@ -40,8 +40,10 @@ def test_gpu_check_runs_without_ray_or_mlflow() -> None:
 
 @pytest.mark.slow
 def test_trial_startup_reports_each_stage(ray_local, capsys, monkeypatch) -> None:
-    args = ["--patients", "16", "--size", "32", "--repeats", "1", "--batch-size", "8"]
+    args = ["--patients", "16", "--size", "32", "--repeats", "1", "--batch-size", "8", "--cpu"]
     result = run_in_process("trial_startup.py", args, capsys, monkeypatch)
+    cpu = result["cold_trial_cpu_s"]  # every process the start-up ran beside, by kind
+    assert cpu["ray::RayTrainWorker"] > 0 and cpu["ray::TrainController"] > 0, cpu
     total = result["train_to_first_step_s"]
     stages = [v for k, v in result.items() if k.startswith("train_startup_")]
     assert len(stages) == 6 and all(v >= 0 for v in stages)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
+from ray.data import DataContext
 
 from data_pipeline.augment import decode_batch, oversample, study_augmentation
 from data_pipeline.dicom import read_image
 from data_pipeline.transforms import detection_image, encode_png
 from models import ModelSpec, build_model
-from orchestration.train.config import TrainConfig
+from orchestration.train.config import TrainConfig, shard_paths
 from orchestration.train.data import balancing_copies, build_datasets, epoch_batches
+from orchestration.train.shard_source import ShardSource
 from orchestration.train.tasks import collate, make_task
 from tests.conftest import REFERENCE
 
@@ -36,6 +40,36 @@ def test_every_epoch_reads_the_training_rows_in_a_new_mixed_order(prepared_small
     assert first != second and first != sorted(first)  # shards are sorted by key
     quarter = first[: len(first) // 4]
     assert {key.split("-")[0] for key in quarter} == {"Calc", "Mass"}, quarter
+
+
+def test_shards_are_planned_from_their_footers_and_read_in_a_new_order_each_run(
+    prepared_small: Path,
+) -> None:
+    paths = shard_paths(prepared_small, "classification", "train")
+    assert len(paths) >= 3
+    source = ShardSource(paths, ["key", "label"], rows_per_block=5, seed=3)
+    context = copy.copy(DataContext.get_current())
+    orders = []
+    for execution in range(4):
+        context._execution_idx = execution  # Ray Data counts a dataset's runs there
+        tasks = source.get_read_tasks(1, data_context=context)
+        orders.append([t.metadata.input_files[0] for t in tasks])
+        assert sorted(orders[-1]) == sorted(paths)  # every file once
+    assert len({tuple(o) for o in orders}) > 1  # a new order between runs, seeded
+    again = ShardSource(paths, ["key", "label"], rows_per_block=5, seed=3)
+    context._execution_idx = 3
+    assert [t.metadata.input_files[0] for t in again.get_read_tasks(1, data_context=context)] == (
+        orders[3]
+    )
+    unseeded = ShardSource(paths, ["key"], rows_per_block=5).get_read_tasks(1)
+    assert [t.metadata.input_files[0] for t in unseeded] == paths  # the manifest's order
+    for task in tasks:  # each task yields its file's rows, in blocks of at most 5
+        (path,) = task.metadata.input_files
+        blocks = list(task())
+        keys = [k for block in blocks for k in block.column("key").to_pylist()]
+        assert keys == pq.read_table(path, columns=["key"]).column("key").to_pylist()
+        assert task.metadata.num_rows == len(keys) and max(len(b) for b in blocks) <= 5
+        assert task.metadata.size_bytes > 0
 
 
 def test_oversampling_balances_the_real_training_split_in_expectation() -> None:

@@ -6,14 +6,22 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
+from orchestration.sweep_config import SweepConfig
 from orchestration.train.config import TrainConfig
-from orchestration.tune import ClusterTooSmall, _register_trainable, max_concurrent_trials
+from orchestration.train.data import data_config
+from orchestration.tune import (
+    ClusterTooSmall,
+    _concurrency,
+    _register_trainable,
+    max_concurrent_trials,
+)
 from tests.orchestration.test_train import last_json
 
 runner = CliRunner()
@@ -69,6 +77,22 @@ def test_concurrency_follows_the_cluster() -> None:
         max_concurrent_trials({"CPU": 2.0}, 2, 1.0, 0.0)
     with pytest.raises(ClusterTooSmall, match="GPUs"):
         max_concurrent_trials({"CPU": 8.0}, 1, 1.0, 1.0)
+
+
+def test_each_trial_gets_its_share_of_the_cpus_its_workers_leave_free(prepared_small) -> None:
+    sweep = SweepConfig(model="mobilenetv2", data=str(prepared_small))
+    base = sweep.base()
+    assert _concurrency(sweep, base, {"CPU": 4.0}) == (2, replace(base, data_cpus=1.0))
+    one_gpu = replace(sweep, gpus_per_trial=1.0)
+    concurrent, job = _concurrency(one_gpu, one_gpu.base(), {"CPU": 16.0, "GPU": 1.0})
+    assert (concurrent, job.data_cpus) == (1, 15.0)  # one trial: every CPU its worker leaves
+    concurrent, job = _concurrency(one_gpu, one_gpu.base(), {"CPU": 64.0, "GPU": 8.0})
+    assert (concurrent, job.data_cpus) == (8, 7.0)
+    # --max-concurrent (an autoscaling cluster, nodes not up yet): no share, no limit
+    assert _concurrency(replace(sweep, max_concurrent=3), base, {"CPU": 4.0}) == (3, base)
+    options = data_config(replace(base, data_cpus=1.5))._resolve_execution_options("train")
+    assert options.resource_limits.cpu == 1.5
+    assert options.resource_limits.object_store_memory == float("inf")  # only CPUs held
 
 
 def test_bad_space_file_fails_naming_file_and_key(prepared_small: Path, tmp_path: Path) -> None:
