@@ -1,8 +1,9 @@
 """The prepared Parquet shards as a Ray Data source, planned from the files' footers alone.
 
 ``ray.data.read_parquet`` samples files in remote tasks to estimate their size in memory before a
-dataset exists: each task needs a worker process, and a trial's actor is a new process, so a
-trial waited 1.4-4.2 s here for a plan (``bench/trial_startup.py``). Shards are ``prepare``'s own,
+dataset exists: each task needs a worker process, and a trial's actor is a new process; here
+that was 1.4 s of a Train job's start-up and 2.6-3.3 s of a trial's (``bench/trial_startup.py``:
+its datasets stage before and after). Shards are ``prepare``'s own,
 small and listed in the manifest: their footers (row counts, byte sizes) are read where the dataset
 is made, in milliseconds, and each shard file is one read task.
 
