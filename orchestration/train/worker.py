@@ -257,7 +257,7 @@ def _epoch(
         "start_epoch": loop["starts"][-1],
         "param_checksums": sums,
         "ranks_in_sync": len(set(sums)) == 1,
-        "completed": loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs,
+        "completed": _completed(loop, cfg),
         **_timings(stats, start, val_start),
     }
     loop["history"].append({k: v for k, v in metrics.items() if _scalar(v)})
@@ -324,6 +324,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config)
     ray.data.DataContext.get_current().enable_progress_bars = False  # iteration bars, per epoch
     state, best = _load_checkpoint()
+    if state is not None and _completed(state, cfg):
+        _report_final(state)
+        return
     start_epoch = state["epoch"] if state else 0
     stream = _Stream(cfg)
     ahead = _FetchAhead(partial(stream.epoch, start_epoch)) if start_epoch < cfg.epochs else None
@@ -344,8 +347,27 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         if replay:  # a restarted run re-sends the epochs before it: their reports may be lost
             metrics["history"], replay = list(loop["history"]), False
         _report(metrics, loop, job, best)
-        if metrics["completed"]:  # epochs run out or early stopping (Tune reserves "done")
+        if metrics["completed"]:
             break
+
+
+def _completed(loop: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Epochs run out, or early stopping (Tune reserves "done")."""
+    return loop["stale"] > cfg.patience or loop["epoch"] >= cfg.epochs
+
+
+def _report_final(state: dict[str, Any]) -> None:
+    """A run restarted after its last checkpoint had completed it (a driver killed between the
+    two): report that epoch again, with its checkpoint and every epoch before it, and train no
+    more. Tune's snapshot of the trial may hold an earlier epoch, whose checkpoint
+    ``num_to_keep`` has deleted; without this report the trial would end on it."""
+    metrics = {**state["history"][-1], "history": list(state["history"]), "completed": True}
+    checkpoint = ray.train.get_checkpoint()
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with checkpoint.as_directory() as folder:  # copied to a new checkpoint of this report
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _scalar(value: Any) -> bool:

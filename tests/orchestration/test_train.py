@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from orchestration.train.config import TrainConfig
-from orchestration.train.driver import run_training
+from orchestration.train.driver import read_checkpoint, run_training, trainer_for
+from orchestration.train.worker import BEST_FILE
 
 runner = CliRunner()
 
@@ -149,6 +150,25 @@ def test_killed_job_resumes_from_its_checkpoint(
     first, resumed = result["starts"]
     assert first == 0 and 1 <= resumed < 6  # continued from its epoch, not from 0
     assert result["epochs"] == 6
+
+
+def test_a_run_restarted_after_its_last_epoch_reports_that_epoch_again_and_trains_no_more(
+    prepared_small: Path, tmp_path: Path
+) -> None:
+    # a sweep's driver killed after a trial's last checkpoint, before Tune's snapshot took it in:
+    # the resumed trial's run restarts completed, and Tune holds an epoch whose checkpoint is gone
+    cfg = TrainConfig(
+        model="mobilenetv2", data=str(prepared_small), epochs=2, batch_size=16, bootstrap=100
+    ).with_manifest()
+    first = trainer_for(cfg, str(tmp_path), "restart").fit()
+    again = trainer_for(cfg, str(tmp_path), "restart").fit()
+    assert again.metrics["completed"] is True and again.metrics["epoch"] == 2
+    assert [h["epoch"] for h in again.metrics["history"]] == [1, 2]  # every epoch re-sent
+    assert again.metrics["best_val_auc"] == first.metrics["best_val_auc"]
+    assert again.checkpoint.path != first.checkpoint.path
+    assert not Path(first.checkpoint.path).exists()  # num_to_keep=1: only the last is kept
+    assert (Path(again.checkpoint.path) / BEST_FILE).is_file()
+    assert read_checkpoint(again.checkpoint.path)["starts"] == [0]  # no attempt trained again
 
 
 def _checkpointed(home: Path) -> bool:
