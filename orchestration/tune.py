@@ -177,6 +177,13 @@ def _scheduler(sweep: SweepConfig):
     )
 
 
+def ranked_by(base: TrainConfig) -> str:
+    """What Tune ranks a trial by, ASHA at each rung and Optuna at its end: the trial's best
+    epoch so far (``best_val_auc``), the figure its best checkpoint and the sweep's best trial
+    are chosen by; one epoch's figure dips by noise on a small validation split."""
+    return f"best_{base.metric}"
+
+
 def _stops_early(sweep: SweepConfig) -> bool:
     """Whether ASHA may stop a trial before its last epoch. Its actor is then not reused: the
     stopped trial's ``TorchTrainer.fit()`` still runs in the actor's thread, Tune's reset fails
@@ -212,7 +219,7 @@ def _tuner(
     if sweep.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     tune_config = tune.TuneConfig(
-        metric=base.metric,
+        metric=ranked_by(base),
         mode="max",
         scheduler=_scheduler(sweep),
         search_alg=_search(sweep),
@@ -395,7 +402,7 @@ def _settings(sweep: SweepConfig) -> dict[str, Any]:
 def _summary(
     results, base: TrainConfig, name: str, experiment: str, parent: str, skipped: str | None
 ) -> dict[str, Any]:
-    best_key = f"best_{base.metric}"
+    best_key = ranked_by(base)
     trials = [_trial_row(result, best_key) for result in results]
     best = _best_trial(results, best_key)
     best_out = None

@@ -20,7 +20,9 @@ from orchestration.tune import (
     ClusterTooSmall,
     _concurrency,
     _register_trainable,
+    _scheduler,
     max_concurrent_trials,
+    ranked_by,
 )
 from tests.orchestration.test_train import last_json
 
@@ -93,6 +95,33 @@ def test_each_trial_gets_its_share_of_the_cpus_its_workers_leave_free(prepared_s
     options = data_config(replace(base, data_cpus=1.5))._resolve_execution_options("train")
     assert options.resource_limits.cpu == 1.5
     assert options.resource_limits.object_store_memory == float("inf")  # only CPUs held
+
+
+def test_asha_judges_a_trial_at_a_rung_by_its_best_epoch_so_far() -> None:
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    sweep = SweepConfig(model="mobilenetv2", data=".", max_epochs=4, reduction_factor=2)
+    asha = _scheduler(sweep)  # rungs at epochs 1 and 2
+    assert asha.set_search_properties(ranked_by(TrainConfig(model="mobilenetv2", data=".")), "max")
+    steady, dipped = Trial("steady", stub=True), Trial("dipped", stub=True)
+    for trial in (steady, dipped):
+        asha.on_trial_add(None, trial)
+
+    def report(trial: Trial, epoch: int, auc: float, best: float) -> str:
+        result = {"epoch": epoch, "val_auc": auc, "best_val_auc": best}
+        return asha.on_trial_result(None, trial, result)
+
+    report(steady, 1, 0.70, 0.70)
+    report(dipped, 1, 0.90, 0.90)
+    assert report(steady, 2, 0.80, 0.80) == TrialScheduler.CONTINUE  # first at the rung
+    # one noisy epoch below the steady trial's 0.80: kept on its best epoch, 0.90
+    assert report(dipped, 2, 0.60, 0.90) == TrialScheduler.CONTINUE
+    # and stopped where its best is below: the rung's cut-off is live
+    late = Trial("late", stub=True)
+    asha.on_trial_add(None, late)
+    report(late, 1, 0.95, 0.95)
+    assert report(late, 2, 0.70, 0.75) == TrialScheduler.STOP
 
 
 def test_bad_space_file_fails_naming_file_and_key(prepared_small: Path, tmp_path: Path) -> None:
