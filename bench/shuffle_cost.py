@@ -37,7 +37,8 @@ def _unshuffled(cfg: TrainConfig):
     fn = partial(_decode, task=cfg.task, augment=cfg.augment)
     paths = shard_paths(cfg.data, cfg.task, "train")
     source = ShardSource(paths, _columns(cfg.task), cfg.batch_size)  # no seed: file order
-    return ray.data.read_datasource(source).map_batches(fn, batch_format="numpy")
+    ds = ray.data.read_datasource(source)
+    return ds.map_batches(fn, batch_format="numpy", batch_size=cfg.batch_size)
 
 
 def _time_epochs(iterate, epochs: int) -> tuple[float, float, int]:

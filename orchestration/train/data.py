@@ -68,9 +68,9 @@ def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
 
     Validation is not a Ray dataset: every rank streams the whole split from its shards itself
     after each training epoch (``iter_split``; small, never augmented), so nothing is decoded
-    before training starts and nothing of it is held in the object store.
+    before training starts and nothing of it is held in the object store. The splits are checked
+    by the caller (``check_splits``: ``trainer_for`` checks them whether or not it builds these).
     """
-    check_splits(cfg)
     return {"train": train_dataset(cfg)}
 
 

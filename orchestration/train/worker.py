@@ -362,11 +362,10 @@ def _report_final(state: dict[str, Any]) -> None:
     more. Tune's snapshot of the trial may hold an earlier epoch, whose checkpoint
     ``num_to_keep`` has deleted; without this report the trial would end on it."""
     metrics = {**state["history"][-1], "history": list(state["history"]), "completed": True}
-    checkpoint = ray.train.get_checkpoint()
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    with checkpoint.as_directory() as folder:  # copied to a new checkpoint of this report
+    with ray.train.get_checkpoint().as_directory() as folder:  # copied to this report's own
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
