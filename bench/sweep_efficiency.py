@@ -2,10 +2,11 @@
 
 On a prepared synthetic set, one grid of trials (learning rates x optimisers, from scratch: the
 same trials in both) is swept twice through ``run_sweep``, as ``mammobench tune`` runs it: once
-with the project's ASHA scheduler (grace 1 epoch, reduction factor 4 unless given) and once with FIFO, every
-trial to ``--epochs``. Reports each sweep's best validation AUC (the best epoch of its best
-trial), the epochs it spent and its wall time. Ends with one JSON line; ``ratio`` =
-ASHA's epochs / FIFO's. A benchmark, not a test: it asserts nothing.
+with the project's ASHA scheduler (grace 1 epoch, reduction factor 4 unless given) and once with
+FIFO, every trial to ``--epochs``. Reports each sweep's best validation AUC (the best epoch of its
+best trial), the epochs it spent and its wall time, and ASHA's trials in the order they started
+(``lr/optimizer:epochs``: asynchronous ASHA's promotions depend on that order). Ends with one JSON
+line; ``ratio`` = ASHA's epochs / FIFO's. A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/sweep_efficiency.py [--patients 60] [--size 32] [--epochs 8]
         [--reduction-factor 4]
@@ -77,7 +78,14 @@ def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, hom
         "wall_s": wall,
         "reduction_factor": config.reduction_factor,
         "curves": _curves(settings.tracking_uri, summary["parent_run_id"]),
+        "order": _order(trials),
     }
+
+
+def _order(trials: list[dict[str, Any]]) -> list[str]:
+    """Each trial's learning rate, optimiser and epochs, in the order Tune started them."""
+    started = sorted(trials, key=lambda t: t["trial_id"] or "")
+    return [f"{t['config']['lr']:g}/{t['config']['optimizer']}:{t['epochs']}" for t in started]
 
 
 def _curves(uri: str, parent: str) -> list[list[float]]:
@@ -128,6 +136,7 @@ def _result(asha: dict[str, Any], fifo: dict[str, Any]) -> dict[str, Any]:
         "asha_wall_s": round(asha["wall_s"], 1),
         "fifo_wall_s": round(fifo["wall_s"], 1),
         "fifo_best_trial_epoch_of_best": best_curve.index(max(best_curve)) + 1,
+        "asha_trials_in_start_order": asha["order"],
         "ratio": round(asha["epochs"] / fifo["epochs"], 3),
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -132,12 +133,20 @@ def resolve_space(
     return fitted, skipped
 
 
-def param_space(space: Space, search: str) -> dict[str, Any]:
-    """Tune distributions of a space (Optuna has no grid: grids become choices)."""
+def param_space(space: Space, search: str, seed: int = 0) -> dict[str, Any]:
+    """Tune distributions of a space (Optuna has no grid: grids become choices).
+
+    A grid runs in an order drawn from ``seed``, not as written: Tune's ASHA is asynchronous and
+    judges a trial at a rung against the trials that reached it before, so a grid written in
+    ascending learning rates, each trial beating the last, had most trials promoted at every rung.
+    """
     from ray import tune
 
+    rng = random.Random(seed)
     make = {
-        "grid": tune.grid_search if search == "random" else tune.choice,
+        "grid": (lambda v: tune.grid_search(rng.sample(v, len(v))))
+        if search == "random"
+        else tune.choice,
         "choice": tune.choice,
         "uniform": lambda v: tune.uniform(*v),
         "loguniform": lambda v: tune.loguniform(*v),
@@ -192,12 +201,16 @@ def _stops_early(sweep: SweepConfig) -> bool:
     return sweep.scheduler == "asha" and sweep.max_epochs > sweep.grace_epochs
 
 
-def _search(sweep: SweepConfig):
-    if sweep.search == "random":
-        return None  # Tune's default: grid x random samples
+def _search(sweep: SweepConfig, concurrent: int):
+    """The search algorithm, seeded by ``sweep.seed``, limited to ``concurrent`` trials at once."""
+    if sweep.search == "random":  # Tune's default (grid x random samples), its draws seeded
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(max_concurrent=concurrent, random_state=sweep.seed)
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(seed=sweep.seed)
+    return ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=concurrent)
 
 
 def _tuner(
@@ -222,9 +235,8 @@ def _tuner(
         metric=ranked_by(base),
         mode="max",
         scheduler=_scheduler(sweep),
-        search_alg=_search(sweep),
+        search_alg=_search(sweep, concurrent),
         num_samples=sweep.samples,
-        max_concurrent_trials=concurrent,
         reuse_actors=not _stops_early(sweep),
     )
     failures = tune.FailureConfig(max_failures=sweep.max_failures)
@@ -236,7 +248,7 @@ def _tuner(
     )
     return tune.Tuner(
         trainable,
-        param_space=param_space(space, sweep.search),
+        param_space=param_space(space, sweep.search, sweep.seed),
         tune_config=tune_config,
         run_config=run_config,
     )

@@ -8,10 +8,11 @@ A space file names its task and, per tunable setting, one distribution::
       unfreeze: {choice: [0, study, all]}   # used with pretrained weights only
       lr: {loguniform: [1.0e-5, 1.0e-2]}
 
-Distributions: ``grid`` (exhaustive), ``choice``, ``uniform`` and ``loguniform`` ([low, high]),
-``value`` (a constant). ``unfreeze`` takes stage counts, ``all`` and ``study`` (the architecture's
-setting closest to the study's). ``resolve`` fits a space to one architecture. Values are checked
-against what training accepts (``CHOICES``, ``LIMITS``); a key written twice is an error.
+Distributions: ``grid`` (exhaustive; its values run in an order drawn from the sweep's seed),
+``choice``, ``uniform`` and ``loguniform`` ([low, high]), ``value`` (a constant). ``unfreeze``
+takes stage counts, ``all`` and ``study`` (the architecture's setting closest to the study's).
+``resolve`` fits a space to one architecture. Values are checked against what training accepts
+(``CHOICES``, ``LIMITS``); a key written twice is an error.
 """
 
 from __future__ import annotations

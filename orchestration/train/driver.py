@@ -78,13 +78,15 @@ def trainer_for(
 
 
 def check_job(cfg: TrainConfig) -> None:
-    """Fail at once on an unknown model, a model of another task, or pretrained weights that
-    cannot be had (never train random weights labelled "pretrained")."""
+    """Fail at once on an unknown model, a model of another task, prepared data with an empty
+    split, or pretrained weights that cannot be had (never train random weights labelled
+    "pretrained")."""
     from models import WeightsNotFoundError, model_info, weights_available
 
     info = model_info(cfg.model)
     if info["task"] != cfg.task:
         raise ValueError(f"{cfg.model} is a {info['task']} model, not a {cfg.task} one")
+    check_splits(cfg)
     if not cfg.pretrained:
         return
     ok, reason = weights_available(cfg.model_spec())

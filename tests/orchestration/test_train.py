@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,3 +210,19 @@ def test_bad_jobs_fail_at_once_with_a_clear_error(
     result = runner.invoke(app, ["train", *args, "--data", str(prepared_small)], env=env)
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and message in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "split"), [("train", "train"), ("train", "val"), ("tune", "val")]
+)
+def test_a_job_with_an_empty_split_fails_at_once_naming_the_data_and_split(
+    prepared_small: Path, tmp_path: Path, command: str, split: str
+) -> None:
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared_small, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["tasks"]["classification"]["shards"][split] = []
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, [command, "mobilenetv2", "--data", str(data)])
+    assert result.exit_code == 2, result.output  # before Ray starts, not a traceback
+    assert f"{data}: the {split} split of classification is empty" in result.output

@@ -21,9 +21,12 @@ from orchestration.tune import (
     _concurrency,
     _register_trainable,
     _scheduler,
+    _search,
     max_concurrent_trials,
+    param_space,
     ranked_by,
 )
+from search_spaces import load_space
 from tests.orchestration.test_train import last_json
 
 runner = CliRunner()
@@ -122,6 +125,71 @@ def test_asha_judges_a_trial_at_a_rung_by_its_best_epoch_so_far() -> None:
     asha.on_trial_add(None, late)
     report(late, 1, 0.95, 0.95)
     assert report(late, 2, 0.70, 0.75) == TrialScheduler.STOP
+
+
+ASCENDING = """task: classification
+params:
+  lr: {grid: [1.0e-5, 3.0e-5, 1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]}
+  weight_decay: {loguniform: [1.0e-6, 1.0e-3]}
+"""
+
+
+def test_a_grid_runs_in_an_order_drawn_from_the_sweeps_seed_not_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "ascending.yaml"
+    path.write_text(ASCENDING)
+    space = load_space(path)
+    written = space.params["lr"]["grid"]
+
+    def order(seed: int) -> list[float]:
+        return param_space(space, "random", seed)["lr"]["grid_search"]
+
+    assert sorted(order(0)) == written  # every value, once
+    assert order(0) != written  # ASHA would promote each trial that beats the ones before it
+    assert order(0) == order(0)
+    assert any(order(seed) != order(0) for seed in (1, 2, 3))
+    assert param_space(space, "optuna", 0)["lr"].categories == written  # Optuna draws them
+
+
+def test_a_random_sweep_draws_the_same_trials_from_the_same_seed(tmp_path: Path) -> None:
+    from ray.tune.experiment import Experiment
+
+    path = tmp_path / "ascending.yaml"
+    path.write_text(ASCENDING)
+    space = load_space(path)
+
+    def trials(seed: int) -> list[dict]:
+        search = _search(SweepConfig(model="mobilenetv2", data=".", seed=seed), concurrent=1)
+        config = param_space(space, "random", seed)
+        search.add_configurations(Experiment("x", print, config=config, storage_path=str(tmp_path)))
+        drawn = []
+        while (trial := search.next_trial()) is not None:
+            drawn.append(trial.config)
+            search.on_trial_complete(trial.trial_id)
+        return drawn
+
+    assert len(trials(0)) == 6
+    assert trials(0) == trials(0)  # the weight decays too: Tune's draws are seeded
+    assert trials(1) != trials(0)
+
+
+def test_an_optuna_sweep_is_seeded_and_holds_to_its_concurrency(tmp_path: Path) -> None:
+    path = tmp_path / "ascending.yaml"
+    path.write_text(ASCENDING)
+    space = param_space(load_space(path), "optuna", 0)
+
+    def suggestions(seed: int) -> list[dict]:
+        sweep = SweepConfig(model="mobilenetv2", data=".", search="optuna", seed=seed)
+        search = _search(sweep, concurrent=2)
+        assert search.set_search_properties("best_val_auc", "max", space)
+        first = [search.suggest("a"), search.suggest("b")]
+        assert search.suggest("c") is None  # two at a time
+        search.on_trial_complete("a", {"best_val_auc": 0.7})
+        return [*first, search.suggest("c")]
+
+    drawn = suggestions(0)
+    assert all(d is not None and d["lr"] in space["lr"].categories for d in drawn)
+    assert suggestions(0) == drawn
+    assert suggestions(1) != drawn
 
 
 def test_bad_space_file_fails_naming_file_and_key(prepared_small: Path, tmp_path: Path) -> None:
