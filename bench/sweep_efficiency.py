@@ -9,7 +9,7 @@ best trial), the epochs it spent and its wall time, and ASHA's trials in the ord
 line; ``ratio`` = ASHA's epochs / FIFO's. A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/sweep_efficiency.py [--patients 60] [--size 32] [--epochs 8]
-        [--reduction-factor 4]
+        [--reduction-factor 4] [--seed 0]
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, hom
         name=f"efficiency-{scheduler}",
         max_concurrent=args.max_concurrent,
         reduction_factor=args.reduction_factor,
+        seed=args.seed,
         train={"bootstrap": 0, "batch_size": args.batch_size},
     )
     start = time.perf_counter()
@@ -77,6 +78,7 @@ def sweep(scheduler: str, args: argparse.Namespace, data: Path, space: Path, hom
         "errors": sum(t["status"] == "ERROR" for t in trials),
         "wall_s": wall,
         "reduction_factor": config.reduction_factor,
+        "seed": config.seed,
         "curves": _curves(settings.tracking_uri, summary["parent_run_id"]),
         "order": _order(trials),
     }
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     parser.add_argument("--max-concurrent", type=int, help="trials at once [default: what fits]")
     parser.add_argument("--reduction-factor", type=int, default=REDUCTION, help="ASHA's")
+    parser.add_argument("--seed", type=int, default=0, help="both sweeps': grid order, training")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,6 +129,7 @@ def _result(asha: dict[str, Any], fifo: dict[str, Any]) -> dict[str, Any]:
     return {
         "trials": fifo["trials"],
         "reduction_factor": asha["reduction_factor"],
+        "seed": asha["seed"],
         "asha_best_val_auc": round(asha["best_val_auc"], 4),
         "fifo_best_val_auc": round(fifo["best_val_auc"], 4),
         "auc_gap": round(fifo["best_val_auc"] - asha["best_val_auc"], 4),

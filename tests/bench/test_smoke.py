@@ -91,10 +91,10 @@ def test_sweep_efficiency_runs_the_same_trials_twice(ray_local, capsys, monkeypa
     assert result["ratio"] == pytest.approx(result["asha_epochs"] / 8, abs=0.001)
     order = result["asha_trials_in_start_order"]  # "lr/optimizer:epochs", as Tune started them
     assert sorted(o.split(":")[0] for o in order) == [
-        "0.03/adam",
-        "0.03/adamw",
         "0.0001/adam",
         "0.0001/adamw",
+        "0.03/adam",
+        "0.03/adamw",
     ]
     assert sum(int(o.split(":")[1]) for o in order) == result["asha_epochs"]
     for key in ("asha_best_val_auc", "fifo_best_val_auc"):
