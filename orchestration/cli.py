@@ -447,7 +447,10 @@ def tune(
         option(SweepConfig, "resume", "Continue an interrupted sweep.", "--resume/--no-resume"),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved space and stop.")] = False,
-    seed: Annotated[int | None, option(SweepConfig, "seed")] = None,
+    seed: Annotated[
+        int | None,
+        option(SweepConfig, "seed", "Seed of the sweep: its draws, its grid's order, training."),
+    ] = None,
     seeds: Annotated[
         int | None,
         option(SweepConfig, "seeds", "Train the best params with this many seeds in all.", min=1),

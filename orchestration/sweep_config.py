@@ -28,7 +28,7 @@ class SweepConfig:
     grace_epochs: int = 1
     reduction_factor: int = 4  # ASHA keeps 1 in this many trials at each rung (Tune's default)
     max_failures: int = 1
-    seed: int = 0
+    seed: int = 0  # the sweep's random draws, the order its grid runs in, and training
     seeds: int = 1  # the best params trained with this many seeds in all (mean +- sd reported)
     split_data: dict[int, str] = field(default_factory=dict)  # seed -> shards of its val split
     experiment: str | None = None
