@@ -169,5 +169,10 @@ def read_manifest(data: str | Path, task: str) -> dict[str, Any]:
 
 def shard_paths(data: str | Path, task: str, split: str) -> list[str]:
     """Absolute paths of one split's Parquet shards, from the manifest."""
-    shards = read_manifest(data, task)["tasks"][task]["shards"][split]
-    return [str(Path(data).resolve() / name) for name in shards]
+    shards = read_manifest(data, task)["tasks"][task].get("shards", {})
+    if split not in shards:
+        path = Path(data) / "manifest.json"
+        raise ValueError(
+            f"{path} lists no {split} shards of {task}: run `mammobench prepare` again"
+        )
+    return [str(Path(data).resolve() / name) for name in shards[split]]

@@ -226,3 +226,8 @@ def test_a_job_with_an_empty_split_fails_at_once_naming_the_data_and_split(
     result = runner.invoke(app, [command, "mobilenetv2", "--data", str(data)])
     assert result.exit_code == 2, result.output  # before Ray starts, not a traceback
     assert f"{data}: the {split} split of classification is empty" in result.output
+    del manifest["tasks"]["classification"]["shards"]  # a manifest cut short
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, [command, "mobilenetv2", "--data", str(data)])
+    assert result.exit_code == 2, result.output
+    assert f"{data / 'manifest.json'} lists no train shards of classification" in result.output

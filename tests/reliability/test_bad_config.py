@@ -165,7 +165,7 @@ def prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MAMMOBENCH_HOME", str(tmp_path / "home"))
     manifest = {
         "config": {"cls_size": 32, "seg_size": 32, "det_size": 64, "label_map": "binary"},
-        "tasks": {"classification": {}},
+        "tasks": {"classification": {"shards": {"train": ["t.parquet"], "val": ["v.parquet"]}}},
     }
     (tmp_path / "prep").mkdir()
     (tmp_path / "prep" / "manifest.json").write_text(json.dumps(manifest))
