@@ -99,6 +99,10 @@ def test_sweep_efficiency_runs_the_same_trials_twice(ray_local, capsys, monkeypa
     assert sum(int(o.split(":")[1]) for o in order) == result["asha_epochs"]
     for key in ("asha_best_val_auc", "fifo_best_val_auc"):
         assert 0 <= result[key] <= 1
+    assert [len(curve) for curve in result["fifo_curves"]] == [2] * 4
+    assert result["replay_orders"] == 1000 and result["replay_concurrent"] == 1
+    low, high = result["replay_ratio_p10_p90"]  # every trial runs its first epoch
+    assert 0.5 <= low <= high <= 1 and 0.5 <= result["replay_ratio_mean"] <= 1
 
 
 @pytest.mark.slow
