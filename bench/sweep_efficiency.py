@@ -154,9 +154,20 @@ def replay(curves: list[list[float]], args: argparse.Namespace, concurrent: int)
     """FIFO's curves through the sweep's ASHA scheduler in ``args.replay_orders`` seeded orders:
     the mean and 10th-90th percentiles of its epochs / FIFO's, its mean gap to FIFO's best AUC,
     and the share of orders that meet the target (within 0.01 AUC at <= 40% of the epochs)."""
+    from orchestration.train.config import TrainConfig
+    from orchestration.tune import ranked_by
+
+    sweep = SweepConfig(
+        model=args.model,
+        data=".",
+        max_epochs=args.epochs,
+        reduction_factor=args.reduction_factor,
+        grace_epochs=args.grace,
+    )
+    metric = ranked_by(TrainConfig(model=args.model, data="."))
     rng, curves = random.Random(args.seed), [c for c in curves if c]  # an errored trial: none
     total, best = sum(map(len, curves)), max(max(c) for c in curves)
-    runs = [_replay_once(curves, args, concurrent, rng) for _ in range(args.replay_orders)]
+    runs = [_replay_once(curves, sweep, metric, concurrent, rng) for _ in range(args.replay_orders)]
     ratios = sorted(epochs / total for epochs, _ in runs)
     gaps = [best - found for _, found in runs]
     met = sum(epochs <= 0.4 * total and best - found <= 0.01 for epochs, found in runs)
@@ -171,23 +182,20 @@ def replay(curves: list[list[float]], args: argparse.Namespace, concurrent: int)
 
 
 def _replay_once(
-    curves: list[list[float]], args: argparse.Namespace, concurrent: int, rng: random.Random
+    curves: list[list[float]],
+    sweep: SweepConfig,
+    metric: str,
+    concurrent: int,
+    rng: random.Random,
 ) -> tuple[int, float]:
-    """One order, ``concurrent`` trials at a time: the epochs ASHA let run, the best AUC seen."""
+    """One order, ``concurrent`` trials at a time, through a fresh scheduler of ``sweep``'s:
+    the epochs ASHA let run, and the best AUC among them."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from orchestration.train.config import TrainConfig
-    from orchestration.tune import _scheduler, ranked_by
+    from orchestration.tune import _scheduler
 
-    sweep = SweepConfig(
-        model=args.model,
-        data=".",
-        max_epochs=args.epochs,
-        reduction_factor=args.reduction_factor,
-        grace_epochs=args.grace,
-    )
-    asha, metric = _scheduler(sweep), ranked_by(TrainConfig(model=args.model, data="."))
+    asha = _scheduler(sweep)
     asha.set_search_properties(metric, "max")
     waiting = rng.sample(range(len(curves)), len(curves))
     running: list[tuple[int, float, int, int, Trial]] = []  # (step, tie-break, trial, epoch, stub)
