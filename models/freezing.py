@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from timm.models import group_parameters
 from torch import nn
 
 from models.spec import Unfreeze
@@ -32,6 +33,15 @@ StageGroups = list[list[str]]
 """Ordered groups of fully qualified parameter names, input side first."""
 
 _HOOK_ATTR = "_mammobench_frozen_bn_hook"
+
+EFFICIENTNET_STAGES = {"stem": r"^conv_stem|^bn1", "blocks": r"^blocks\.(\d+)\.(\d+)"}
+"""timm's fine-grained EfficientNet groups without the head (a `features_only` model's)."""
+
+
+def matcher_groups(module: nn.Module, matcher: dict[str, Any], prefix: str) -> StageGroups:
+    """Stage groups of `module` from a timm group matcher (regexes), names given `prefix`."""
+    groups = group_parameters(module, matcher)
+    return [[prefix + name for name in groups[key]] for key in sorted(groups)]
 
 
 def unfreeze_choices(num_groups: int) -> list[int | str]:

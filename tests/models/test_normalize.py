@@ -16,12 +16,14 @@ VIT_TAG = "vit_base_patch16_224.orig_in21k_ft_in1k"  # the study's google/vit-ba
 
 
 def library_mean_std(name: str, encoder: str | None = None) -> tuple[list, list]:
-    """The library's own constants: timm's pretrained config, torchvision's for ResNets."""
+    """The library's own constants: timm's pretrained config (classifiers, ``tu-`` encoders),
+    torchvision's for ResNets."""
     config = REGISTRY[name].build.keywords["config"]
-    if REGISTRY[name].task == "classification":
-        cfg = timm.get_pretrained_cfg(config.timm_model)
+    encoder = encoder or getattr(config, "default_encoder", None)
+    if REGISTRY[name].task == "classification" or encoder.startswith("tu-"):
+        cfg = timm.get_pretrained_cfg(encoder.removeprefix("tu-") if encoder else config.timm_model)
         return list(cfg.mean), list(cfg.std)
-    preset = get_model_weights(encoder or config.default_encoder)["IMAGENET1K_V1"].transforms()
+    preset = get_model_weights(encoder)["IMAGENET1K_V1"].transforms()
     return list(preset.mean), list(preset.std)
 
 

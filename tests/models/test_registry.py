@@ -19,11 +19,13 @@ EXPECTED = {
         "vit_b16",
         "efficientnet_b0",
         "convnext_tiny",
+        "efficientnet_lite0",
     ],
-    "segmentation": ["unet", "deeplabv3plus"],
-    "detection": ["fasterrcnn", "fasterrcnn_mobilenet"],
+    "segmentation": ["unet", "deeplabv3plus", "unet_efficientnet_lite0"],
+    "detection": ["fasterrcnn", "fasterrcnn_mobilenet", "fasterrcnn_efficientnet_lite0"],
 }
 STUDY_UNFREEZE = {"vgg16": 6, "resnet50": 3, "densenet121": 15, "mobilenetv2": 13, "vit_b16": 0}
+STUDY_UNFREEZE["efficientnet_lite0"] = 12  # MobileNetV2's rule
 
 
 def test_available_models_by_task() -> None:
@@ -80,6 +82,8 @@ def test_model_info_documents_the_study_setting() -> None:
     assert info["task"] == "classification" and info["input_size"] == 224
     assert len(info["unfreeze_choices"]) == 61  # stem + 58 dense layers + norm5, and "all"
     assert model_info("unet")["weights_file"] == "unet_resnet50.pth"
+    for name in ("efficientnet_lite0", "unet_efficientnet_lite0", "fasterrcnn_efficientnet_lite0"):
+        assert model_info(name)["weights_file"] == "efficientnet_lite0.pth"  # one file, 3 tasks
 
 
 def test_build_model_accepts_a_plain_dict() -> None:
