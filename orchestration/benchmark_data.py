@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,19 @@ SYNTH_DONE = ".synth-complete"
 
 @dataclass(frozen=True)
 class Prepared:
-    """Prepared shards by classification input, and per validation-split seed (``splits``)."""
+    """Prepared shards by classification input, per validation-split seed (``splits``), and
+    per set of a run's own prepare sizes (``sized``, by ``sizes_name``)."""
 
     crop: Path
     whole: Path | None = None
     given: bool = False  # shards passed in as --data: one input, used as they are
     splits: dict[int, Prepared] = field(default_factory=dict)
+    sized: dict[str, Prepared] = field(default_factory=dict)
 
     def for_run(self, run: BenchmarkRun) -> Path:
         """A run's shards: its classification input's (the crop shards hold every task)."""
+        if run.prepare:
+            return self._sized(run).for_run(replace(run, prepare={}))
         if run.task != "classification":
             return self.crop
         if self.given:
@@ -48,7 +52,23 @@ class Prepared:
 
     def split_data(self, run: BenchmarkRun) -> dict[int, str]:
         """Split seed -> the run's shards prepared with that validation split."""
+        if run.prepare:
+            return self._sized(run).split_data(replace(run, prepare={}))
         return {seed: str(prep.for_run(run)) for seed, prep in self.splits.items()}
+
+    def _sized(self, run: BenchmarkRun) -> Prepared:
+        name = sizes_name(run.prepare)
+        if self.given or name not in self.sized:
+            raise ValueError(
+                f"{run.key} is prepared at its own sizes ({name}): pass the CBIS-DDSM download, "
+                "not prepared shards, so that the benchmark prepares them"
+            )
+        return self.sized[name]
+
+
+def sizes_name(sizes: dict[str, int]) -> str:
+    """The folder suffix of a run's own prepare sizes, e.g. ``cls64-seg64``."""
+    return "-".join(f"{key.removesuffix('_size')}{value}" for key, value in sorted(sizes.items()))
 
 
 def prepare_benchmark(
@@ -61,23 +81,51 @@ def prepare_benchmark(
 ) -> Prepared:
     """Prepare every task into ``out``, whole-image classification beside it when a run asks
     for it, and ``split_tasks`` again with each of ``split_seeds`` as the validation split's
-    seed (the official test split is the same in all)."""
-    whole_needed = any(run.input == "whole" for run in bench.runs)
-    crop = prepare_once(data, out, bench.prepare, echo)
+    seed (the official test split is the same in all); the tasks of runs with their own
+    prepare sizes again at those sizes, beside ``out``, once per set of sizes."""
+    common = [run for run in bench.runs if not run.prepare]
+    base = _prepare_runs(bench.prepare, common, data, out, echo, split_seeds, split_tasks)
+    groups: dict[str, list[BenchmarkRun]] = {}
+    for run in bench.runs:
+        if run.prepare:
+            groups.setdefault(sizes_name(run.prepare), []).append(run)
+    sized = {}
+    for name, runs in groups.items():
+        options = {**bench.prepare, **runs[0].prepare}
+        tasks = tuple(sorted({run.task for run in runs}))
+        repeated = tuple(t for t in split_tasks or tasks if t in tasks)
+        folder = _beside(out, name)
+        sized[name] = _prepare_runs(options, runs, data, folder, echo, split_seeds, repeated, tasks)
+    return replace(base, sized=sized)
+
+
+def _prepare_runs(
+    options: dict[str, Any],
+    runs: list[BenchmarkRun],
+    data: Path,
+    out: Path,
+    echo: Callable[[str], None],
+    split_seeds: list[int],
+    split_tasks: tuple[str, ...] | None,
+    tasks: tuple[str, ...] | None = None,
+) -> Prepared:
+    """``tasks`` (default: all) of ``data`` into ``out`` with ``options``, and the
+    whole-image and split-seed shards that ``runs`` need beside it."""
+    whole_needed = any(run.input == "whole" for run in runs)
+    crop = prepare_once(data, out, options, echo, tasks)
     whole = None
     if whole_needed:
-        options = {**bench.prepare, "cls_input": "whole"}
-        whole = prepare_once(data, _beside(out, "whole"), options, echo, ("classification",))
+        whole_options = {**options, "cls_input": "whole"}
+        whole = prepare_once(data, _beside(out, "whole"), whole_options, echo, ("classification",))
     splits = {}
     for seed in split_seeds:
-        options = {**bench.prepare, "seed": seed}
-        folder = _beside(out, f"split{seed}")
+        seeded = {**options, "seed": seed}
         split_whole = None
         if whole_needed:
-            whole_options = {**options, "cls_input": "whole"}
+            whole_options = {**seeded, "cls_input": "whole"}
             wfolder = _beside(out, f"whole-split{seed}")
             split_whole = prepare_once(data, wfolder, whole_options, echo, ("classification",))
-        crops = prepare_once(data, folder, options, echo, split_tasks)
+        crops = prepare_once(data, _beside(out, f"split{seed}"), seeded, echo, split_tasks)
         splits[seed] = Prepared(crops, split_whole)
     return Prepared(crop, whole, splits=splits)
 

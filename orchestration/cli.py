@@ -573,7 +573,12 @@ def benchmark(
 ) -> None:
     """Run the whole study: prepare, one sweep per architecture x setting, leaderboard, report."""
     from models import available_models
-    from orchestration.benchmark import BenchmarkJob, default_name, run_benchmark
+    from orchestration.benchmark import (
+        BenchmarkJob,
+        default_name,
+        embedded_weights,
+        run_benchmark,
+    )
     from orchestration.ray_cluster import init_ray
     from orchestration.results.report import write_report
     from orchestration.results.report_text import benchmark_text
@@ -587,7 +592,7 @@ def benchmark(
         if data is None and not bench.synth and not dry_run:
             raise ValueError(f"{bench.path} has no synth section: pass --data")
     if dry_run:
-        _dry_run(bench, data, weights_dir, seeds, as_json)
+        _dry_run(bench, data, weights_dir or embedded_weights(bench, ctx.obj.home), seeds, as_json)
         return
     name = name or (None if resume else default_name(bench))
     logs = ctx.obj.home / ("benchmarks" if name else "logs")

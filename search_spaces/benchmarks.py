@@ -8,6 +8,7 @@ A benchmark file (``search_spaces/benchmarks/*.yaml``, or any path) has::
     runs:
       - {model: vgg16, task: classification, settings: [scratch, pretrained]}
       - {model: vgg16, task: classification, input: whole}   # the study's whole-image input
+      - {model: efficientnet_lite0, task: classification, prepare: {cls_size: 64}}
     ensemble: {top_k: 3}                    # the ensemble row: top-k classifiers by val AUC
     vary_split: false                       # seed repeats also draw a new validation split
 
@@ -16,7 +17,10 @@ Each run becomes one sweep per setting (``scratch``/``pretrained``, both by defa
 frozen, its architecture's ``study_unfreeze``) with the
 run's keys over ``defaults``. ``fix`` pins space settings to one value; ``train`` sets training
 options the space does not tune; ``seeds: N`` trains the best params with N seeds in all; a
-classification run's ``input`` is a lesion crop (``crop``, default) or the whole image. ``published.yaml`` holds the study's published test figures.
+classification run's ``input`` is a lesion crop (``crop``, default) or the whole image; a run's
+``prepare`` sizes (``cls_size``, ``seg_size``, ``det_size``) override the config's for its sweeps,
+whose shards are prepared apart (runs with the same sizes share them, so their settings are
+compared on the same test rows). ``published.yaml`` holds the study's published test figures.
 Everything is checked on loading (types, limits, names, the spaces named), so that a typo fails
 before a cluster starts, with the file, the key and the value in the message.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +99,9 @@ SWEEP_KEYS = {
     "fix": dict,
     "train": dict,
 }
-RUN_KEYS = {"model": str, "task": str, "settings": list, "input": str, **SWEEP_KEYS}
+RUN_KEYS = {"model": str, "task": str, "settings": list, "input": str, "prepare": dict}
+RUN_KEYS |= SWEEP_KEYS
+SIZE_KEYS = {key: int for key in ("cls_size", "seg_size", "det_size")}  # a run's own sizes
 TRAIN_KEYS = {  # training options beside the tunable ones (``orchestration.train.config``)
     "patience": int,
     "bootstrap": int,
@@ -143,6 +149,7 @@ class BenchmarkRun:
     setting: str
     sweep: dict[str, Any]  # SWEEP_KEYS, defaults merged in
     input: str = "crop"  # classification: "crop" (GT-localised lesion) or "whole" (the study's)
+    prepare: dict[str, int] = field(default_factory=dict)  # SIZE_KEYS over the config's
 
     @property
     def key(self) -> str:
@@ -269,7 +276,8 @@ def _runs(
     for key in ("fix", "train"):
         sweep[key] = {**defaults.get(key, {}), **own.get(key, {})}
     _check_space(f"{path}: {where}.space", sweep.get("space"), task)
-    return [BenchmarkRun(model, task, s, sweep, run_input) for s in settings]
+    sizes = _typed(path, f"{where}.prepare", raw.get("prepare") or {}, SIZE_KEYS)
+    return [BenchmarkRun(model, task, s, sweep, run_input, sizes) for s in settings]
 
 
 def _check_space(where: str, name: str | None, task: str) -> None:

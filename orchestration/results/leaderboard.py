@@ -56,6 +56,7 @@ COLUMNS = [
     "seeds",
     "test_seeds",
     "vs_best",
+    "vs_scratch",
     "input",
     "protocol",
     "auc",
@@ -114,6 +115,7 @@ def leaderboard_row(run: Any, trials: int) -> dict[str, Any]:
         "input": tags.get(tracking.INPUT_TAG) if task == "classification" else None,
         "protocol": protocol(task, tags, metrics, bool(figures), setting),
         "vs_best": tags.get(tracking.VS_BEST_TAG),
+        "vs_scratch": tags.get(tracking.VS_SCRATCH_TAG),
         "gpu_hours": metrics.get("gpu_hours"),
         "trial_hours": metrics.get("trial_hours"),
         "trials": trials,
@@ -246,6 +248,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     said: set[str] = set()
     notes = [line for group in shared_notes(rows) for line in _note_lines(group, said)]
     text = "\n".join(lines) + "\n"
+    notes += [
+        f"- **{row['model']}{' (whole image)' if row['input'] == 'whole' else ''}, pretrained "
+        f"against scratch** (the study's question, same test rows): {row['vs_scratch']}."
+        for row in rows
+        if row.get("vs_scratch")
+    ]
     if any(row["task"] == "detection" for row in rows):
         notes.append(f"- **Detection**: {DETECTION_RULE}.")
     if notes:
@@ -333,6 +341,8 @@ def _ours(row: dict[str, Any], metric: str) -> str:
     if metric == "accuracy" and _below_majority(row):
         majority = max(row["prevalence"], 1 - row["prevalence"])
         ours += f" (below the majority-class rate {_fmt(majority, metric)})"
+    if row.get("froc_sens_1fp") is not None:
+        ours += f"; FROC sensitivity {_fmt(row['froc_sens_1fp'], metric)} at 1 FP/image"
     return ours
 
 

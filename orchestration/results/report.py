@@ -91,6 +91,8 @@ def review(rows: list[dict[str, Any]], analysis: dict[str, Any]) -> str:
             sections.published_section(rows),
             "<h2>How our protocol differs from the study's</h2>",
             protocol_section(analysis.get("protocol")),
+            "<h2>Pretrained against scratch</h2>",
+            sections.transfer_section(analysis.get("transfer")),
             "<h2>Paired comparisons (DeLong's test)</h2>",
             sections.comparisons_section(analysis.get("comparisons")),
             "<h2>Calibration</h2>",

@@ -117,6 +117,21 @@ def comparisons_section(comparisons: Sequence[Mapping[str, Any]] | None) -> str:
     )
 
 
+def transfer_section(transfer: Sequence[Mapping[str, Any]] | None) -> str:
+    """Each architecture trained from ImageNet weights and from scratch: the AUC difference on
+    the same test rows, its bootstrap CI and DeLong's p (the study's central question)."""
+    if not transfer:
+        return missing("pretrained-against-scratch pairs", "transfer")
+    rows = "".join(
+        f"<tr><td>{_e(t['pretrained'])}</td><td>{_e(t['scratch'])}</td>"
+        f"<td>{_num(t.get('auc_a'))}</td><td>{_num(t.get('auc_b'))}</td>"
+        f"<td>{_e(t.get('text'))}</td></tr>"
+        for t in transfer
+    )
+    head = "<tr><th>pretrained</th><th>scratch</th><th>AUC</th><th>AUC</th><th>difference</th></tr>"
+    return f'<table>{head}{rows}</table><p class="note">{_e(DELONG_NOTE)}.</p>'
+
+
 def _matrix(entry: Mapping[str, Any]) -> str:
     models, auc = list(entry.get("models", [])), entry.get("auc", {})
     title = (

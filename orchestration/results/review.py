@@ -46,6 +46,7 @@ class Review:
     calibration: dict[str, Any] = field(default_factory=dict)
     subgroups: dict[str, Any] = field(default_factory=dict)
     breast: dict[str, Any] = field(default_factory=dict)
+    transfer: list[dict[str, Any]] = field(default_factory=list)  # pretrained vs scratch
     protocol: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -152,6 +153,7 @@ def _compare(client, found: list[Classifier], group: str, n_boot: int, review: R
         review.comparisons.append({"input": group, **result})
         for c in found:
             client.set_tag(c.run_id, tracking.VS_BEST_TAG, result["vs_best"][c.name]["text"])
+        _transfer(client, found, result, review)
     for c in found:
         positive, scores = c.test["positive"].to_numpy(), c.test["score"].to_numpy()
         bins = calibration_bins(positive, scores)
@@ -163,6 +165,29 @@ def _compare(client, found: list[Classifier], group: str, n_boot: int, review: R
         figures |= {"auc_ci_high": breast["ci_high"], "n": breast["n"]}
         run = tracking.SweepRun(client, "", c.run_id)
         run.log_metrics(tracking.scalar_metrics(figures, "test_breast_"))
+
+
+def _transfer(client, found: list[Classifier], result: dict[str, Any], review: Review) -> None:
+    """The study's question for each architecture trained both ways on the same test rows:
+    AUC(pretrained) - AUC(scratch), DeLong's p (and Holm's over the whole family), tagged on
+    the pretrained sweep for the leaderboard and kept for the report."""
+    for c in (c for c in found if "-pretrained" in c.name):
+        scratch = c.name.replace("-pretrained", "-scratch")
+        pair = result["pairs"].get(f"{c.name} vs {scratch}")  # names sort pretrained first
+        if pair is None:  # no scratch twin among these classifiers
+            continue
+        text = vs_scratch_text(pair)
+        client.set_tag(c.run_id, tracking.VS_SCRATCH_TAG, text)
+        review.transfer.append({"pretrained": c.name, "scratch": scratch, **pair, "text": text})
+
+
+def vs_scratch_text(pair: dict[str, Any]) -> str:
+    """``AUC +0.052 [-0.010, +0.114] vs scratch, DeLong p=0.11 (Holm p=0.9)``."""
+    d, low, high = pair["difference"], pair["ci_low"], pair["ci_high"]
+    return (
+        f"AUC {d:+.3f} [{low:+.3f}, {high:+.3f}] vs scratch, DeLong p={pair['p']:.2g} "
+        f"(Holm p={pair['p_holm']:.2g})"
+    )
 
 
 def log_review(client, run_id: str, review: Review) -> None:

@@ -43,6 +43,7 @@ MODEL_TAG, TASK_TAG, SETTING_TAG = "mammobench.model", "mammobench.task", "mammo
 FINGERPRINT_TAG = "mammobench.dataset_fingerprint"
 INPUT_TAG, THRESHOLD_TAG = "mammobench.input", "mammobench.threshold_rule"
 VS_BEST_TAG, SEEDS_TAG = "mammobench.vs_best", "mammobench.test_seeds"
+VS_SCRATCH_TAG = "mammobench.vs_scratch"  # a pretrained classifier against its scratch twin
 MEMBERS_TAG = "mammobench.ensemble_members"
 PREDICTIONS = "predictions/{split}.csv"  # a classifier sweep's best model, row by row
 SKIP_TAG, ERROR_TAG = "mammobench.skipped", "mammobench.error"

