@@ -175,3 +175,10 @@ def test_a_scratch_model_shares_no_tensor_with_the_pretrained_one(weights: Path)
     floats = [k for k, v in loaded.items() if v.is_floating_point()]
     assert len(floats) > 200
     assert not [k for k in floats if torch.equal(scratch[k], loaded[k])]
+
+
+def test_download_exits_non_zero_only_when_it_wrote_nothing(tmp_path: Path) -> None:
+    done = mammobench("weights", "download", str(tmp_path), "--model", "mobilenetv2")
+    assert done.returncode == 1  # offline, and the hub is the only source of this file
+    assert "not fetched (1): mobilenetv2" in done.stdout and "0 weights files" in done.stdout
+    assert not list(tmp_path.glob("*.pth"))
