@@ -33,6 +33,8 @@ STUDY = {  # the study's practice, from its text
 }
 BALANCING = {"oversample": "oversampling", "weighted": "a class-weighted loss", "none": "nothing"}
 ENCODERS = {"resnet50": "ResNet-50", "resnet34": "ResNet-34", "resnet18": "ResNet-18"}
+ENCODERS["tu-tf_efficientnet_lite0"] = "EfficientNet-Lite0"
+UNET_ENCODERS = {"unet": "resnet50", "unet_efficientnet_lite0": "tu-tf_efficientnet_lite0"}
 
 
 def protocol_differences(
@@ -88,17 +90,19 @@ def _balance(runs: Sequence[Mapping[str, Any]], facts: Mapping[str, Any]) -> str
 
 
 def _inputs(bench: Mapping[str, Any]) -> str:
+    """Each classification input at each size (a run's own ``prepare`` size over the config's)."""
     default = bench.get("prepare", {}).get("cls_input", "crop")
     size = bench.get("prepare", {}).get("cls_size")
-    groups: dict[str, list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
     for run in bench.get("runs", []):
         if run.get("task") == "classification":
-            groups.setdefault(run.get("input") or default, []).append(run)
+            own = (run.get("prepare") or {}).get("cls_size", size)
+            groups.setdefault((run.get("input") or default, own), []).append(run)
     if not groups:
         return "no classification run"
-    at = f" at {size} px" if size else ""
     return "; ".join(
-        f"{INPUT_TEXT.get(kind, kind)}{at}: {_names_by_setting(rs)}" for kind, rs in groups.items()
+        f"{INPUT_TEXT.get(kind, kind)}{f' at {px} px' if px else ''}: {_names_by_setting(rs)}"
+        for (kind, px), rs in groups.items()
     )
 
 
@@ -113,12 +117,12 @@ def _scratch(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _unet(runs: Sequence[Mapping[str, Any]]) -> str:
-    unets = [r for r in runs if r.get("model") == "unet"]
+    unets = [r for r in runs if r.get("model") in UNET_ENCODERS]
     if not unets:
         return "no U-Net run"
-    encoders = sorted({_train(r, "encoder", "resnet50") for r in unets})
+    encoders = sorted({_train(r, "encoder", UNET_ENCODERS[r["model"]]) for r in unets})
     names = " / ".join(ENCODERS.get(e, e) for e in encoders)
-    return f"segmentation_models.pytorch's U-Net with a {names} encoder"
+    return f"segmentation_models.pytorch's U-Net, {names} encoder"
 
 
 def _optimiser(runs: Sequence[Mapping[str, Any]]) -> str:

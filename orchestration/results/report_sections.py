@@ -120,16 +120,21 @@ def comparisons_section(comparisons: Sequence[Mapping[str, Any]] | None) -> str:
 def transfer_section(transfer: Sequence[Mapping[str, Any]] | None) -> str:
     """Each architecture trained from ImageNet weights and from scratch: the AUC difference on
     the same test rows, its bootstrap CI and DeLong's p (the study's central question)."""
-    if not transfer:
+    if transfer is None:
         return missing("pretrained-against-scratch pairs", "transfer")
+    if not transfer:
+        return "<p>No architecture was trained both ways (pretrained and scratch) to the end.</p>"
     rows = "".join(
         f"<tr><td>{_e(t['pretrained'])}</td><td>{_e(t['scratch'])}</td>"
         f"<td>{_num(t.get('auc_a'))}</td><td>{_num(t.get('auc_b'))}</td>"
         f"<td>{_e(t.get('text'))}</td></tr>"
         for t in transfer
     )
-    head = "<tr><th>pretrained</th><th>scratch</th><th>AUC</th><th>AUC</th><th>difference</th></tr>"
-    return f'<table>{head}{rows}</table><p class="note">{_e(DELONG_NOTE)}.</p>'
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("pretrained", "scratch", "AUC pretrained", "AUC scratch", "difference (test)")
+    )
+    return f'<table><tr>{head}</tr>{rows}</table><p class="note">{_e(DELONG_NOTE)}.</p>'
 
 
 def _matrix(entry: Mapping[str, Any]) -> str:

@@ -148,6 +148,15 @@ def test_protocol_differences_are_computed_from_the_config_and_facts() -> None:
         in ours["classifier input"]
     )
     assert "whole images at 224 px: resnet50 (pretrained)" in ours["classifier input"]
+    own = {"model": "efficientnet_lite0", "task": "classification", "setting": "pretrained",
+           "input": "crop", "prepare": {"cls_size": 64}, "sweep": BENCH["runs"][0]["sweep"]}  # fmt: skip
+    sized = report_protocol.protocol_differences({**BENCH, "runs": [*BENCH["runs"], own]}, FACTS)
+    inputs = dict((t, o) for t, _, o in sized)["classifier input"]
+    assert "lesion crops (GT-localised) at 64 px: efficientnet_lite0 (pretrained)" in inputs
+    assert "at 224 px: vgg16 (scratch); vgg16 (study_frozen);" in inputs  # not with the 64 px run
+    lite0_unet = {**BENCH["runs"][3], "model": "unet_efficientnet_lite0"}
+    unets = report_protocol.protocol_differences({**BENCH, "runs": [lite0_unet]}, FACTS)
+    assert "U-Net, EfficientNet-Lite0 encoder" in dict((t, o) for t, _, o in unets)["U-Net"]
     assert 'setting "study_frozen" reproduces' in ours["scratch models"]
     assert "vgg16 (study_frozen)" in ours["scratch models"]
     assert "ResNet-50 encoder" in ours["U-Net"]
@@ -329,5 +338,6 @@ def test_a_whole_page_renders_with_or_without_analysis(tmp_path: Path) -> None:
     assert 'analysis.json has no "subgroups"' in page
     bare = report.review(rows, {})
     assert (
-        bare.count('class="missing"') == 5
-    )  # protocol, comparisons, calibration, subgroups, breast
+        bare.count('class="missing"') == 6
+    )  # protocol, transfer, comparisons, calibration, subgroups, breast
+    assert "trained both ways" in report.review(rows, {**analysis, "transfer": []})
