@@ -23,15 +23,16 @@ def plan_benchmark(
     bench: Benchmark, data: Path | None, weights_dir: str | None, seeds: int | None = None
 ) -> dict[str, Any]:
     """The plan: one entry per sweep, the data's splits, the totals of the cost model."""
-    splits = data_splits(bench, data)
+    splits, problem = data_splits(bench, data)
     sweeps = [_sweep(bench, run, splits, weights_dir, seeds) for run in bench.runs]
     return {
         "benchmark": bench.name,
         "data": str(data) if data else _no_data(bench),
+        "data_problem": problem,
         "splits": splits,
         "sweeps": sweeps,
         "cost": _totals(bench, sweeps),
-        "runnable": all(s["status"] != "error" for s in sweeps),
+        "runnable": not problem and all(s["status"] != "error" for s in sweeps),
     }
 
 
@@ -39,11 +40,15 @@ def _no_data(bench: Benchmark) -> str:
     return "a synthetic set (made at run time)" if bench.synth else "no data (splits not checked)"
 
 
-def data_splits(bench: Benchmark, data: Path | None) -> dict[str, dict[str, int]] | None:
+def data_splits(
+    bench: Benchmark, data: Path | None
+) -> tuple[dict[str, dict[str, int]] | None, str]:
     """Rows per split of each task (``classification-whole`` for whole images): from the
-    manifest of prepared shards, from the catalog of a download; None for the synthetic set."""
+    manifest of prepared shards, from the catalog of a download; None for the synthetic set.
+    With them, what makes a download unusable ("" when nothing does): files its CSVs name
+    that are missing or unreadable, counted as ``catalog`` counts them."""
     if data is None:
-        return None
+        return None, ""
     if (data / "manifest.json").is_file():
         import json
 
@@ -53,18 +58,31 @@ def data_splits(bench: Benchmark, data: Path | None) -> dict[str, dict[str, int]
         for task, info in manifest.get("tasks", {}).items():
             key = "classification-whole" if task == "classification" and whole else task
             out[key] = dict(info.get("splits", {}))
-        return out
+        return out, ""
     from data_pipeline.catalog import build_catalog
 
-    summary = build_catalog(data, None).summary()
+    catalog = build_catalog(data, None)
+    summary = catalog.summary()
     lesions = {k: v for k, v in summary["by_split"].items() if k != "excluded"}
     images = dict(summary["images_by_split"])
-    return {
+    splits = {
         "classification": lesions,
         "segmentation": lesions,
         "classification-whole": images,
         "detection": images,
     }
+    return splits, _unusable(catalog.missing, catalog.unreadable)
+
+
+def _unusable(missing: list[str], unreadable: dict[str, str]) -> str:
+    """What the download lacks: prepare would quarantine every row of these files."""
+    if not missing and not unreadable:
+        return ""
+    first = [*missing[:3], *(f"{f} ({why})" for f, why in list(unreadable.items())[:3])][:3]
+    return (
+        f"{len(missing)} files the CSVs name are missing and {len(unreadable)} unreadable "
+        f"(first: {', '.join(first)}): copy the whole download where every node reads it"
+    )
 
 
 def _sweep(
@@ -173,6 +191,8 @@ def _totals(bench: Benchmark, sweeps: list[dict[str, Any]]) -> dict[str, Any]:
 def plan_text(plan: dict[str, Any]) -> str:
     """The plan as the console shows it."""
     lines = [f"benchmark {plan['benchmark']} on {plan['data']} (dry run: nothing trained)"]
+    if plan.get("data_problem"):
+        lines.append(f"  error data: {plan['data_problem']}")
     for s in plan["sweeps"]:
         what = f"{s['trials']} trials x <= {s['max_epochs']} epochs, {s['scheduler']}"
         use = f"{s['workers']} worker(s), {s['gpus_per_trial']} GPU(s) per trial"

@@ -86,3 +86,13 @@ def test_rows_that_cannot_run_fail_the_dry_run(tmp_path: Path) -> None:
     assert crop["status"] == "error" and "empty val split(s) of classification" in crop["reason"]
     assert whole["status"] == "error" and "no classification-whole rows" in whole["reason"]
     assert "some rows cannot run" in result.stdout
+
+
+def test_a_download_without_its_images_fails_the_dry_run(real_csv_dir: Path) -> None:
+    """The four real case CSVs and none of the 10,239 files they name: not runnable."""
+    result = runner.invoke(app, ["benchmark", "--data", str(real_csv_dir), "--dry-run", "--json"])
+    assert result.exit_code == 1, result.output
+    plan = json.loads(result.stdout.strip().splitlines()[-1])
+    assert plan["data_problem"].startswith("10239 files the CSVs name are missing and 0 unreadable")
+    assert "(first: Calc-Test_P_00038_LEFT_CC/" in plan["data_problem"]
+    assert "error data: 10239 files" in result.stdout and not plan["runnable"]
