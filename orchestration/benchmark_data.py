@@ -93,9 +93,10 @@ def prepare_benchmark(
     for name, runs in groups.items():
         options = {**bench.prepare, **runs[0].prepare}
         tasks = tuple(sorted({run.task for run in runs}))
-        repeated = tuple(t for t in split_tasks or tasks if t in tasks)
+        repeated = tuple(t for t in split_tasks or () if t in tasks)
+        seeds = split_seeds if repeated else []
         folder = _beside(out, name)
-        sized[name] = _prepare_runs(options, runs, data, folder, echo, split_seeds, repeated, tasks)
+        sized[name] = _prepare_runs(options, runs, data, folder, echo, seeds, repeated, tasks)
     return replace(base, sized=sized)
 
 

@@ -85,6 +85,11 @@ def test_deeplabv3plus_defaults_to_a_resnet50_encoder(spec_for) -> None:
     assert len(model.encoder.layer3) == 6  # ResNet-50: 3, 4, 6, 3 bottlenecks
 
 
+def test_a_wheels_segmenter_keeps_its_own_encoder(spec_for) -> None:
+    with pytest.raises(ValueError, match="built on tu-tf_efficientnet_lite0"):
+        build_model(spec_for("unet_efficientnet_lite0", encoder="resnet18"))
+
+
 def test_segmenter_input_size_must_fit_the_stride(spec_for) -> None:
     with pytest.raises(ValueError, match="divisible by 32"):
         build_model(spec_for("unet", input_size=48))
