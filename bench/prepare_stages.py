@@ -17,7 +17,8 @@ import pydicom
 
 from data_pipeline import dicom, transforms
 from data_pipeline.prepare_plan import PrepareConfig
-from data_pipeline.samples import check_files
+from data_pipeline.samples import Sources, check_files
+from data_pipeline.storage import Store
 
 FULL_IMAGES, LESIONS = 3103, 3568  # CBIS-DDSM: full images, masks (= crops)
 STAGES = ("read", "decode", "mask box", "crop/resize", "CLAHE", "encode", "check", "write")
@@ -194,7 +195,7 @@ def stages(item: dict, root: Path, cfg: PrepareConfig) -> tuple[dict[str, float]
     outputs = STEPS[kind](image, masks, cfg, clock)
     pngs = [transforms.encode_png(out) for out in outputs]
     clock.lap("encode")
-    check_files(item, root)
+    check_files(item, Sources(Store.at(root)))
     clock.lap("check")
     return clock.s, pngs
 

@@ -12,7 +12,10 @@ at 224, segmentation crop at 512, detection image at 1024 on the long side; Prep
 3. this machine's sequential disk read, and from it and the per-core rates the time to prepare the
    full CBIS-DDSM on one 16-core and one 64-core node, with what bounds it;
 4. for lesion crops: two plain processes, and the Ray Data pipeline end to end with 1 and with 2
-   workers (the same files listed several times over, so that start-up costs do not swamp it).
+   workers (the same files listed several times over, so that start-up costs do not swamp it);
+5. ``prepare --task all`` in one pass (each source image read once for every task) against a
+   pass per task, side by side, each from a cold page cache: bytes and files read per source
+   image, and wall time.
 Per-core figures are CPU seconds of this process (``time.process_time``), so that a busy machine
 does not inflate them; the disk and pipeline figures are wall-clock. Prints the figures and ends
 with one JSON line. A benchmark, not a test: it asserts nothing.
@@ -51,7 +54,8 @@ from prepare_stages import (
 from data_pipeline.catalog import Catalog, build_catalog
 from data_pipeline.convert import prepare, write_shard
 from data_pipeline.prepare_plan import PrepareConfig, plan_items, shard_specs
-from data_pipeline.samples import convert_item
+from data_pipeline.samples import Sources, convert_item
+from data_pipeline.storage import Store
 from data_pipeline.synth import SynthConfig, make_synthetic
 from orchestration.ray_cluster import init_ray
 
@@ -70,17 +74,17 @@ def _cpu_per_item(step: Callable[[dict], Any], items: list[dict]) -> float:
 
 def measure_kind(kind: str, catalog: Catalog, scratch: Path) -> dict[str, Any]:
     """CPU seconds per item of ours, the seed style, our stages and ``write_shard``, one core."""
-    cfg, root, seed = kind_config(kind), catalog.root, KINDS[kind][2]
+    cfg, root, seed = kind_config(kind), Path(catalog.root), KINDS[kind][2]
     items = plan_items(catalog, cfg, cfg.tasks[0])
-    warm = convert_item(items[0], root, cfg), seed(items[0], root, cfg), stages(items[0], root, cfg)
+    warm = convert_one(items[0], root, cfg), seed(items[0], root, cfg), stages(items[0], root, cfg)
     write_seconds([warm[0]], cfg, scratch / f"{kind}-warm-up")  # first calls cost extra
     rows: list[dict] = []
-    ours = _cpu_per_item(lambda item: rows.append(convert_item(item, root, cfg)), items)
+    ours = _cpu_per_item(lambda item: rows.append(convert_one(item, root, cfg)), items)
     reference = _cpu_per_item(lambda item: seed(item, root, cfg), items)
     timed = [stages(item, root, cfg)[0] for item in items]
     mean = {stage: sum(t[stage] for t in timed) / len(items) for stage in STAGES}
     mean["write"] = write_seconds(rows, cfg, scratch / f"{kind}-rows") / len(items)
-    specs = shard_specs(items, cfg.tasks[0], cfg.shard_size)
+    specs = shard_specs(catalog, cfg)
     out, config = str(scratch / f"{kind}-shards"), asdict(cfg)
     shard = _cpu_per_item(lambda spec: write_shard(spec, str(root), out, config), specs)
     return {
@@ -92,6 +96,11 @@ def measure_kind(kind: str, catalog: Catalog, scratch: Path) -> dict[str, Any]:
     }
 
 
+def convert_one(item: dict, root: Path, cfg: PrepareConfig) -> dict:
+    """``convert_item`` reading its files anew (as an item alone in its shard would)."""
+    return convert_item(item, Sources(Store.at(root)), cfg)
+
+
 def byte_shares(catalog: Catalog) -> dict[str, float]:
     """The share of CBIS-DDSM's bytes in its images, masks and crops, if their sizes relate as
     the synthetic files' do (mean bytes per type times the real counts)."""
@@ -100,9 +109,7 @@ def byte_shares(catalog: Catalog) -> dict[str, float]:
         "mask": {a.mask_file for a in catalog.abnormalities},
         "crop": {a.crop_file for a in catalog.abnormalities},
     }
-    mean = {
-        t: np.mean([(catalog.root / f).stat().st_size for f in fs if f]) for t, fs in files.items()
-    }
+    mean = {t: np.mean([catalog.files[f][0] for f in fs if f]) for t, fs in files.items()}
     total = sum(COUNTS[t] * mean[t] for t in COUNTS)
     return {t: float(COUNTS[t] * mean[t] / total) for t in COUNTS}
 
@@ -143,9 +150,13 @@ def extrapolate(kinds: dict[str, dict], disk_mb_s: float, shares: dict[str, floa
     return out
 
 
-def bounds(ext: dict[str, dict], kinds: dict[str, dict]) -> dict[str, Any]:
-    """The default ``prepare`` (``DEFAULT_KINDS``) at each of ``CORES``: minutes and bound."""
-    disk = sum(ext[k]["disk_minutes"] for k in DEFAULT_KINDS)
+def bounds(
+    ext: dict[str, dict], kinds: dict[str, dict], disk_mb_s: float, shares: dict[str, float]
+) -> dict[str, Any]:
+    """The default ``prepare`` (``DEFAULT_KINDS``) at each of ``CORES``: minutes and bound. One
+    pass reads each file once for every kind: the disk reads the union of their files."""
+    read = {t for k in DEFAULT_KINDS for t in READS[k]}
+    disk = FULL_GB * sum(shares[t] for t in read) * 1e3 / disk_mb_s / 60
     weights = {k: ext[k]["items"] for k in DEFAULT_KINDS}
     in_files = sum(weights[k] * kinds[k]["stages_s"][s] for k in weights for s in FILE_STAGES)
     total = sum(weights[k] * sum(kinds[k]["stages_s"].values()) for k in weights)
@@ -205,15 +216,16 @@ def print_extrapolation(ext: dict, full: dict[str, Any], disk_mb_s: float, share
         )
     print(
         "  assumes: the per-core rate scales linearly with cores (no shared memory-bandwidth "
-        "limit), each task reads its files from disk once (163.6 GB does not stay in the page "
-        "cache from one task to the next) and the synthetic files stand for the real ones"
+        "limit), one pass reads each file from disk once for every kind (the union of their "
+        "files; a pass per task read the images three times) and the synthetic files stand for "
+        "the real ones"
     )
 
 
 def _convert_all(args: tuple[list[dict], Path, PrepareConfig]) -> None:
     cv2.setNumThreads(1)
     for item in args[0]:
-        convert_item(item, args[1], args[2])
+        convert_one(item, args[1], args[2])
 
 
 def plain_processes(items: list[dict], root: Path, cfg: PrepareConfig) -> float:
@@ -237,6 +249,50 @@ def pipeline(catalog: Catalog, cfg: PrepareConfig, workers: int) -> float:
         start = time.perf_counter()
         prepare(catalog, Path(out), cfg, workers=workers, print_fn=lambda *_: None)
         return n / (time.perf_counter() - start)
+
+
+def drop_page_cache(files: list[Path]) -> None:
+    """Evict ``files`` from the page cache (fsync, then POSIX_FADV_DONTNEED: no root needed)."""
+    for path in files:
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def one_pass_against_per_task(catalog: Catalog, cfg: PrepareConfig) -> dict[str, float]:
+    """``--task all`` as one pass and as a pass per task, on the same files, each from a cold
+    page cache: what each read per source image (``manifest["read"]``) and its wall time."""
+    files, quiet = sorted(Path(catalog.root).rglob("*.dcm")), lambda *_: None
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(catalog, Path(tmp) / "warm-up", cfg, workers=2, print_fn=quiet)
+        for way, runs in (("per_task", [(t,) for t in cfg.tasks]), ("one_pass", [cfg.tasks])):
+            drop_page_cache(files)
+            start, read = time.perf_counter(), {"bytes": 0, "files": 0}
+            for tasks in runs:
+                folder = Path(tmp) / way / "+".join(tasks)
+                run_cfg = PrepareConfig(**{**asdict(cfg), "tasks": tasks})
+                manifest = prepare(catalog, folder, run_cfg, workers=2, print_fn=quiet)
+                read = {k: v + manifest["read"][k] for k, v in read.items()}
+            out[f"{way}_s"] = time.perf_counter() - start
+            out |= {f"{way}_{k}": v for k, v in read.items()}
+            out["source_images"] = manifest["read"]["images"]  # the one pass's, last
+    images = out["source_images"]
+    for way in ("per_task", "one_pass"):
+        out[f"{way}_mb_per_image"] = out[f"{way}_bytes"] / images / 1e6
+        out[f"{way}_files_per_image"] = out[f"{way}_files"] / images
+    return out
+
+
+def print_passes(p: dict[str, float]) -> None:
+    print(
+        f"--task all over {p['source_images']:.0f} source images, cold page cache each: "
+        f"a pass per task read {p['per_task_mb_per_image']:.1f} MB ({p['per_task_files_per_image']:.2f} "
+        f"files) per image in {p['per_task_s']:.1f} s; one pass {p['one_pass_mb_per_image']:.1f} "
+        f"MB ({p['one_pass_files_per_image']:.2f} files) in {p['one_pass_s']:.1f} s: "
+        f"{p['per_task_bytes'] / p['one_pass_bytes']:.2f}x the bytes, "
+        f"{p['per_task_s'] / p['one_pass_s']:.2f}x the time"
+    )
 
 
 def _sig(value: float) -> float:
@@ -268,7 +324,7 @@ def per_core_figures(catalog: Catalog, scratch: Path) -> dict[str, Any]:
     kinds = {kind: measure_kind(kind, catalog, scratch) for kind in KINDS}
     for kind, m in kinds.items():
         print_kind(kind, m)
-    files = sorted(catalog.root.rglob("*.dcm"))
+    files = sorted(Path(catalog.root).rglob("*.dcm"))
     size = sum(path.stat().st_size for path in files)
     disk, cached = disk_read_mb_s(files)
     print(
@@ -277,7 +333,7 @@ def per_core_figures(catalog: Catalog, scratch: Path) -> dict[str, Any]:
     )
     shares = byte_shares(catalog)
     ext = extrapolate(kinds, disk, shares)
-    full = bounds(ext, kinds)
+    full = bounds(ext, kinds, disk, shares)
     print_extrapolation(ext, full, disk, shares)
     figures = result_line(kinds, ext, full) | {
         "byte_shares": {t: _sig(v) for t, v in shares.items()}
@@ -310,6 +366,8 @@ def main() -> None:
         ceiling = plain_processes(items, data, cfg)
         print(f"two plain processes on the same work: {ceiling:.2f}x (this machine's ceiling)")
         init_ray(num_cpus=4)
+        passes = one_pass_against_per_task(catalog, PrepareConfig(shard_size=4))
+        print_passes(passes)
         pipeline(catalog, cfg, 2)  # warm-up: Ray worker processes start once
         big = repeated_catalog(catalog, max(1, args.images // len(items)))
         one, two = (pipeline(big, cfg, workers) for workers in (1, 2))
@@ -322,6 +380,7 @@ def main() -> None:
         "pipeline_2_workers_images_per_s": round(two, 2),
         "scaling": round(two / one, 2),
         "plain_process_scaling": round(ceiling, 2),
+        "passes": {k: _sig(v) for k, v in passes.items()},
     }
     print(json.dumps(result))
 

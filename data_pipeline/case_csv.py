@@ -12,10 +12,11 @@ quote or an abnormality listed twice make that row a ``(line, reason)``, and the
 from __future__ import annotations
 
 import csv
+import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 
 CSV_NAME = re.compile(r"^(mass|calc)_case_description_(train|test)_set.*\.csv$", re.IGNORECASE)
 MISSING = {"", "N/A", "NA", "NAN", "NONE", "NULL"}
@@ -84,7 +85,7 @@ class CaseRow:
         return f"{self.image_key}_{self.abnormality_id}"
 
 
-def csv_kind(path: Path) -> tuple[str, str]:
+def csv_kind(path: PurePath) -> tuple[str, str]:
     """Lesion type and official split from a case-description file name."""
     match = CSV_NAME.match(path.name)
     if not match:
@@ -189,12 +190,15 @@ REQUIRED = (
 )
 
 
-def read_case_csv(path: Path, label: str) -> tuple[list[CaseRow], list[tuple[int, str]]]:
+def read_case_csv(
+    path: PurePath, label: str, data: bytes | None = None
+) -> tuple[list[CaseRow], list[tuple[int, str]]]:
     """Read one case-description CSV.
 
     Args:
         path: The CSV file (LF or CRLF, with or without a BOM; quoted fields may hold newlines).
         label: How the file is named in records and errors (its path relative to DATA).
+        data: The file's bytes, when read already (from an object store); else ``path`` is read.
 
     Returns:
         The parsed rows and ``(first line, reason)`` of every row that cannot be used; a second
@@ -204,8 +208,9 @@ def read_case_csv(path: Path, label: str) -> tuple[list[CaseRow], list[tuple[int
         CaseCsvError: The file is empty or its header lacks required columns.
     """
     kind = csv_kind(path)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        records = list(_records(handle.readlines()))
+    raw = Path(path).read_bytes() if data is None else data
+    text = raw.decode("utf-8-sig", errors="surrogateescape")  # bytes kept as in a file name
+    records = list(_records(io.StringIO(text, newline="").readlines()))
     if not records:
         raise CaseCsvError(f"{label}: empty file, no header")
     (_, names, _), body = records[0], records[1:]
@@ -294,10 +299,11 @@ def _records(lines: list[str]) -> Iterator[tuple[int, list[str] | None, str]]:
             yield start + 1, fields, ""
 
 
-def find_case_csvs(root: Path) -> list[Path]:
-    """All case-description CSVs under ``root`` (any depth), one per lesion type and split."""
-    found: dict[tuple[str, str], Path] = {}
-    for path in sorted(root.rglob("*.csv")):
+def find_case_csvs(names: Iterable[str]) -> list[PurePosixPath]:
+    """The case-description CSVs among ``names`` (a listing: any depth), one per lesion type
+    and split."""
+    found: dict[tuple[str, str], PurePosixPath] = {}
+    for path in sorted(PurePosixPath(name) for name in names):
         if not CSV_NAME.match(path.name) or ".venv" in path.parts:
             continue
         kind = csv_kind(path)

@@ -12,17 +12,22 @@ rejected with that reason: the other CSVs are still catalogued.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data_pipeline import SPLITS
 from data_pipeline.case_csv import CaseCsvError, CaseRow, find_case_csvs, read_case_csv
 from data_pipeline.dicom import DicomError, read_header
-from data_pipeline.layout import SeriesIndex, UnsafePathError, check_relative, series_files
+from data_pipeline.layout import SeriesIndex, UnsafePathError, check_relative
 from data_pipeline.splits import assign_splits, row_split
+from data_pipeline.storage import Store
+
+HEADER_BYTES = 64 * 1024  # a CBIS-DDSM header is ~2 KB: one ranged read in an object store
 
 MASK_SIZE_TOLERANCE = 0.25  # a mask is "about the full image's size"
 PATH_COLUMNS = {  # CSV column -> CaseRow field, in the order the catalog uses them
@@ -101,7 +106,7 @@ class Rejection:
 class Catalog:
     """Everything the later stages need to know about one CBIS-DDSM download."""
 
-    root: Path
+    root: str  # an absolute local path or an s3:// / gs:// URI
     csv_files: list[str]
     abnormalities: list[Abnormality]
     images: list[FullImage]
@@ -110,6 +115,8 @@ class Catalog:
     patients: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)  # file (relative) -> reason
     csv_errors: list[str] = field(default_factory=list)
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)  # listing: (size, mtime)
+    csv_digests: dict[str, str] = field(default_factory=dict)  # CSV label -> SHA-256
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``mammobench catalog --json`` (``images``: physical images)."""
@@ -118,7 +125,7 @@ class Catalog:
         series = {a.image_key for a in self.abnormalities} | self._rejected_images()
         views = Counter(physical_view(key) for key in series)
         return {
-            "data": str(self.root),
+            "data": self.root,
             "csv_files": self.csv_files,
             "abnormalities": len(self.abnormalities) + len(self.rejected),
             "images": len(views),
@@ -165,10 +172,10 @@ def _check_paths(row: CaseRow) -> list[PurePosixPath]:
 
 
 def _pick_mask(
-    candidates: list[Path],
-    image: Path | None,
-    shape: Callable[[Path], tuple[int, int, int] | None],
-) -> tuple[Path | None, Path | None]:
+    candidates: list[str],
+    image: str | None,
+    shape: Callable[[str], tuple[int, int, int] | None],
+) -> tuple[str | None, str | None]:
     """Mask and crop among a ROI series' files, by content: a mask is 8-bit and image-sized."""
     shapes = {path: shape(path) for path in candidates}
     image_shape = shape(image) if image is not None else None
@@ -190,47 +197,59 @@ def _about_same(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 class _Resolver:
     """Resolves a row's three CSV paths to files, recording the ones that are absent."""
 
-    def __init__(self, index: SeriesIndex) -> None:
-        self.index = index
+    def __init__(self, index: SeriesIndex, store: Store) -> None:
+        self.index, self.store = index, store
         self.missing: dict[str, None] = {}
         self.unreadable: dict[str, str] = {}  # relative path -> reason
-        self._shapes: dict[Path, tuple[int, int, int] | None] = {}
+        self._shapes: dict[str, tuple[int, int, int] | None] = {}
 
-    def shape(self, path: Path) -> tuple[int, int, int] | None:
+    def shape(self, rel: str) -> tuple[int, int, int] | None:
         """Rows, columns and bits of a file's header; None (and recorded) if unreadable."""
-        if path not in self._shapes:
+        if rel not in self._shapes:
             try:
-                header = read_header(path)
+                header = file_header(self.store, rel)
                 found = header["rows"], header["columns"], header["bits_allocated"]
                 if None in found:
                     raise DicomError("missing Rows, Columns or BitsAllocated")
             except DicomError as exc:  # not missing: prepare quarantines it with the reason
-                self.unreadable[self.index.relative(path)] = exc.reason
+                self.unreadable[rel] = exc.reason
                 found = None
-            self._shapes[path] = found
-        return self._shapes[path]
+            self._shapes[rel] = found
+        return self._shapes[rel]
 
-    def file(self, csv_path: PurePosixPath) -> Path | None:
+    def file(self, csv_path: PurePosixPath) -> str | None:
         found = self.index.resolve_file(csv_path)
         if found is None:
             self.missing[str(csv_path)] = None
         return found
 
-    def roi_files(self, crop: PurePosixPath, roi: PurePosixPath) -> list[Path]:
-        files: dict[Path, None] = {}
+    def roi_files(self, crop: PurePosixPath, roi: PurePosixPath) -> list[str]:
+        files: dict[str, None] = {}
         for path in (crop, roi):
             folder = self.index.series_dir(path)
             if folder is None:
                 self.missing[str(path)] = None
                 continue
-            files.update(dict.fromkeys(f for f in series_files(folder) if self._inside(f)))
+            files.update(dict.fromkeys(self.index.series_files(folder)))
         return list(files)
 
-    def _inside(self, path: Path) -> bool:
-        return path.is_relative_to(self.index.root)
 
-    def rel(self, path: Path | None) -> str | None:
-        return None if path is None else self.index.relative(path)
+def file_header(store: Store, rel: str) -> dict[str, Any]:
+    """``read_header`` of a file of ``store``: in an object store from its first bytes (the
+    whole file only when the header runs past them)."""
+    local = store.local_path(rel)
+    if local is not None:
+        return read_header(local)
+    try:
+        head = store.read_head(rel, HEADER_BYTES)
+    except FileNotFoundError:
+        raise DicomError("file not found") from None
+    try:
+        return read_header(head)
+    except DicomError:
+        if len(head) < HEADER_BYTES:
+            raise
+    return read_header(store.read_bytes(rel))
 
 
 def _abnormality(row: CaseRow, paths: list[PurePosixPath], res: _Resolver) -> Abnormality:
@@ -249,9 +268,9 @@ def _abnormality(row: CaseRow, paths: list[PurePosixPath], res: _Resolver) -> Ab
         **{k: v for k, v in asdict(row).items() if k in _ROW_FIELDS},
         image_csv_path=str(paths[0]),
         roi_csv_path=str(paths[2]),
-        image_file=res.rel(image),
-        mask_file=res.rel(mask),
-        crop_file=res.rel(crop),
+        image_file=image,
+        mask_file=mask,
+        crop_file=crop,
         roi_by_content=by_content,
     )
 
@@ -305,25 +324,29 @@ def image_pathology(pathologies: tuple[str, ...]) -> str:
 
 
 def build_catalog(
-    data: Path, csv_dir: Path | None = None, val_fraction: float = 0.15, seed: int = 0
+    data: str | Path, csv_dir: str | Path | None = None, val_fraction: float = 0.15, seed: int = 0
 ) -> Catalog:
     """Catalog a CBIS-DDSM download (or ``mammobench synth`` output).
 
     Args:
-        data: Folder holding the DICOM tree (CSV layout or NBIA layout) and, unless ``csv_dir`` is
-            given, the case-description CSVs at any depth.
-        csv_dir: Folder holding the case-description CSVs, if they live elsewhere.
+        data: Folder or ``s3://`` / ``gs://`` prefix holding the DICOM tree (CSV layout or NBIA
+            layout) and, unless ``csv_dir`` is given, the case-description CSVs at any depth.
+        csv_dir: Folder or prefix holding the case-description CSVs, if they live elsewhere.
         val_fraction: Share of training patients carved out as validation.
         seed: Seed of the validation split.
     """
-    data = data.resolve()
-    if not data.is_dir():
-        raise FileNotFoundError(f"{data}: DATA folder not found")
-    csvs = find_case_csvs((csv_dir or data).resolve())
+    store = Store.at(data)
+    if not store.is_dir():
+        raise FileNotFoundError(f"{store.root}: DATA folder not found")
+    listing = store.files()
+    csv_store = store if csv_dir is None else Store.at(csv_dir)
+    csv_names = listing if csv_dir is None else csv_store.files()
+    csvs = [str(p) for p in find_case_csvs(csv_names)]
     if not csvs:
-        raise FileNotFoundError(f"no CBIS-DDSM case-description CSVs under {csv_dir or data}")
-    rows, rejected, csv_errors = _read_rows(csvs, data)
-    resolver = _Resolver(SeriesIndex.build(data))
+        raise FileNotFoundError(f"no CBIS-DDSM case-description CSVs under {csv_store.root}")
+    labels = {name: name if csv_dir is None else csv_store.uri(name) for name in csvs}
+    rows, rejected, csv_errors, digests = _read_rows(csv_store, labels)
+    resolver = _Resolver(SeriesIndex.build(listing, partial(_text, store)), store)
     records: list[Abnormality] = []
     for row in rows:
         try:
@@ -337,8 +360,8 @@ def build_catalog(
     )
     records = [replace(a, split=row_split(splits[a.patient_id], a.official_split)) for a in records]
     return Catalog(
-        root=data,
-        csv_files=[_label(p, data) for p in csvs],
+        root=store.root,
+        csv_files=list(labels.values()),
         abnormalities=records,
         images=_images(records),
         rejected=rejected,
@@ -346,25 +369,33 @@ def build_catalog(
         unreadable=dict(sorted(resolver.unreadable.items())),
         patients=len({r.patient_id for r in rows}),
         csv_errors=csv_errors,
+        files=listing,
+        csv_digests=digests,
     )
 
 
-def _read_rows(csvs: list[Path], data: Path) -> tuple[list[CaseRow], list[Rejection], list[str]]:
-    """The rows of every CSV, the rows rejected, and the CSVs that cannot be read as a whole."""
+def _text(store: Store, name: str) -> str:
+    """A text file's content; bytes that are not UTF-8 kept as in a file name."""
+    return store.read_bytes(name).decode("utf-8-sig", errors="surrogateescape")
+
+
+def _read_rows(
+    store: Store, labels: dict[str, str]
+) -> tuple[list[CaseRow], list[Rejection], list[str], dict[str, str]]:
+    """The rows of every CSV, the rows rejected, the CSVs that cannot be read as a whole, and
+    each CSV's SHA-256 (part of ``prepare``'s fingerprint)."""
     rows: list[CaseRow] = []
     rejected: list[Rejection] = []
     errors: list[str] = []
-    for path in csvs:
-        label = _label(path, data)
+    digests: dict[str, str] = {}
+    for name, label in labels.items():
+        data = store.read_bytes(name)
+        digests[label] = hashlib.sha256(data).hexdigest()
         try:
-            parsed, bad = read_case_csv(path, label)
+            parsed, bad = read_case_csv(PurePosixPath(name), label, data)
         except CaseCsvError as exc:
             errors.append(str(exc))
             parsed, bad = [], [(line, str(exc)) for line in exc.lines]
         rows.extend(parsed)
         rejected.extend(Rejection(label, line, reason) for line, reason in bad)
-    return rows, rejected, errors
-
-
-def _label(path: Path, data: Path) -> str:
-    return path.relative_to(data).as_posix() if path.is_relative_to(data) else str(path)
+    return rows, rejected, errors, digests

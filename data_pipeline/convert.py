@@ -1,10 +1,15 @@
 """``prepare``: a Ray Data pipeline that converts CBIS-DDSM DICOMs into Parquet training shards.
 
-Each Ray Data row is one of our shards (a fixed, sorted chunk of catalog rows); ``write_shard`` is
-mapped over them, so the blocks spread across the cluster's workers while every output file keeps a
-stable name and content. A shard is written atomically (temporary name, then rename) together with a
-sidecar holding its counts and quarantine records; a re-run skips shards whose sidecar exists, so an
-interrupted run resumes and a finished one is a no-op. The caller initialises Ray.
+Each Ray Data row is one of our shards (a fixed, sorted chunk of source images with their items of
+every task: one pass reads and decodes each image once for all tasks); ``write_shard`` is mapped
+over them, so the blocks spread across the cluster's workers while every output file keeps a
+stable name and content. DATA and OUT are folders or object-store prefixes (``storage.Store``): the
+conversion tasks read the DICOMs from DATA and write their shards to OUT themselves, wherever they
+run, so nodes need no shared disk. A shard is written whole or not at all (``Store.write_bytes``),
+then a sidecar holding its counts and quarantine records: the sidecar is the commit, written last,
+so a re-run skips shards whose sidecar exists and rewrites any other (a shard of a killed run is
+never taken as done). An interrupted run resumes and a finished one is a no-op. The caller
+initialises Ray.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
 from dataclasses import asdict
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +29,70 @@ import pyarrow.parquet as pq
 
 from data_pipeline import SPLITS, TASKS
 from data_pipeline.catalog import Catalog
-from data_pipeline.prepare_plan import PrepareConfig, fingerprint, plan_items, shard_specs
+from data_pipeline.prepare_plan import PrepareConfig, fingerprint, shard_specs, source_image
 from data_pipeline.ray_data import data_context
-from data_pipeline.samples import Quarantined, check_files, convert_item
+from data_pipeline.samples import Quarantined, Sources, check_files, convert_item
+from data_pipeline.storage import Store
 
 STATE = ".prepare-state.json"
-FORMAT = 2  # 2: detection sidecars and manifest hold lesion-box sizes (older shards are rebuilt)
+FORMAT = 3  # 2: lesion-box sizes; 3: one pass, shards of images (older shards are rebuilt)
+SIDECARS = "sidecars"  # <tasks>/<split>/NNNNN.json: a shard's counts, written after its files
 
 
 def write_shard(
     spec: dict[str, Any], root: str, out: str, config: dict[str, Any]
 ) -> dict[str, Any]:
-    """Convert one shard's items and write ``<name>.parquet`` and its sidecar; return the sidecar."""
-    cfg = PrepareConfig.from_dict(config)
-    target, sidecar = Path(out) / f"{spec['name']}.parquet", Path(out) / f"{spec['name']}.json"
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text())
-    rows, quarantined, damaged = [], [], []
-    for item in spec["items"]:
-        failed = None
-        try:
-            rows.append(convert_item(item, Path(root), cfg))
-        except Quarantined as bad:
-            failed = bad
-            quarantined.append(_record(bad, spec["task"], item["key"]))
-        for bad in check_files(item, Path(root), failed):
-            damaged.append(_record(bad, spec["task"], item["key"]))
-    if rows:
-        _atomic_write(target, _parquet_bytes(rows))
+    """Convert one shard's items, every task's rows of its images with each image read and
+    decoded once, write ``<task>/<name>.parquet`` for each task with rows, then the sidecar (the
+    commit); return the sidecar."""
+    cfg, store = PrepareConfig.from_dict(config), Store(out)
+    tasks = sorted({item["task"] for item in spec["items"]})
+    sidecar = f"{SIDECARS}/{'+'.join(tasks)}/{spec['name']}.json"
+    if store.is_file(sidecar):
+        return json.loads(store.read_bytes(sidecar))
+    sources = Sources(Store(root))
+    parts = {task: {"rows": [], "quarantine": [], "damaged": []} for task in tasks}
+    images = 0
+    for _, items in groupby(spec["items"], key=source_image):
+        images += 1
+        for item in items:
+            _convert(item, sources, cfg, parts[item["task"]])
+        sources.release()
     result = {
         "name": spec["name"],
-        "task": spec["task"],
         "split": spec["split"],
-        "expected": len(spec["items"]),
+        "read": {"images": images, "files": sources.files, "bytes": sources.bytes},
+        "tasks": {task: _write_part(store, task, spec, part) for task, part in parts.items()},
+    }
+    store.write_bytes(sidecar, json.dumps(result, sort_keys=True).encode())
+    return result
+
+
+def _convert(item: dict[str, Any], sources: Sources, cfg: PrepareConfig, part: dict) -> None:
+    """One item's row, or its quarantine record; and a record per damaged file it names."""
+    failed = None
+    try:
+        part["rows"].append(convert_item(item, sources, cfg))
+    except Quarantined as bad:
+        failed = bad
+        part["quarantine"].append(_record(bad, item["task"], item["key"]))
+    for bad in check_files(item, sources, failed):
+        part["damaged"].append(_record(bad, item["task"], item["key"]))
+
+
+def _write_part(store: Store, task: str, spec: dict[str, Any], part: dict) -> dict[str, Any]:
+    """Write one task's rows of a shard; its counts and records for the sidecar."""
+    rows, target = part["rows"], f"{task}/{spec['name']}.parquet"
+    if rows:
+        store.write_bytes(target, _parquet_bytes(rows))
+    return {
+        "expected": len(rows) + len(part["quarantine"]),
         "written": len(rows),
-        "file": target.name if rows else None,
-        "quarantine": quarantined,
-        "damaged": damaged,
+        "file": target.rsplit("/", 1)[-1] if rows else None,
+        "quarantine": part["quarantine"],
+        "damaged": part["damaged"],
         "box_sizes": _box_sizes(rows),
     }
-    _atomic_write(sidecar, json.dumps(result, sort_keys=True).encode())
-    return result
 
 
 def _record(bad: Quarantined, task: str, key: str) -> dict[str, str]:
@@ -102,35 +129,37 @@ def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _start_fresh_if_changed(out: Path, print_fn, digest: str) -> None:
+def _start_fresh_if_changed(out: Store, print_fn, digest: str) -> None:
     """Keep shards of the same fingerprint; remove ours when inputs or config changed."""
-    for stale in out.rglob(".*.tmp"):
-        stale.unlink()  # left by a run that was killed mid-write
-    state = out / STATE
-    if state.is_file() and json.loads(state.read_text()).get("fingerprint") == digest:
+    for name in out.files():
+        if name.rsplit("/", 1)[-1].startswith(".") and ".tmp." in name:
+            out.delete(name)  # left by a run that was killed mid-write (a local disk's)
+    state = _read_json(out, STATE)
+    if state.get("fingerprint") == digest:
         return
-    if state.is_file():
-        print_fn(f"inputs or config changed: rebuilding {out}")
+    if state:
+        print_fn(f"inputs or config changed: rebuilding {out.root}")
         for name in ("manifest.json", "quarantine.csv"):  # first: see ``_previous_manifest``
-            (out / name).unlink(missing_ok=True)
-        for task_dir in TASKS:
-            shutil.rmtree(out / task_dir, ignore_errors=True)
-    _atomic_write(state, json.dumps({"fingerprint": digest}).encode())
+            out.delete(name)
+        for folder in (*TASKS, SIDECARS):
+            out.delete_dir(folder)
+    out.write_bytes(STATE, json.dumps({"fingerprint": digest}).encode())
 
 
-def _run_shards(specs, root: Path, out: Path, cfg: PrepareConfig, workers: int | None):
+def _read_json(store: Store, name: str) -> dict[str, Any]:
+    """A JSON file of ``store``, or ``{}`` when there is none."""
+    try:
+        return json.loads(store.read_bytes(name))
+    except FileNotFoundError:
+        return {}
+
+
+def _run_shards(specs, root: str, out: Store, cfg: PrepareConfig, workers: int | None):
     import ray.data
 
     if not specs:
         return []
-    args = {"root": str(root), "out": str(out), "config": asdict(cfg)}
+    args = {"root": root, "out": out.root, "config": asdict(cfg)}
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         cv2.setNumThreads(1)  # one CPU per task, as Ray scheduled it: no oversubscription
@@ -148,6 +177,15 @@ def _run_shards(specs, root: Path, out: Path, cfg: PrepareConfig, workers: int |
         ds = ray.data.from_items(rows, override_num_blocks=len(specs))
         ds = ds.map(convert, compute=ray.data.TaskPoolStrategy(size=workers))
     return [json.loads(row["result"]) for row in ds.iter_rows()]
+
+
+def task_results(results: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """One task's part of each shard's sidecar, with the shard's name and split."""
+    return [
+        {**r["tasks"][task], "name": r["name"], "split": r["split"]}
+        for r in results
+        if task in r["tasks"]
+    ]
 
 
 def _task_summary(task: str, results: list[dict[str, Any]], rejected: int) -> dict[str, Any]:
@@ -169,6 +207,12 @@ def _task_summary(task: str, results: list[dict[str, Any]], rejected: int) -> di
     if task == "detection":
         summary["boxes"] = box_statistics(results)
     return summary
+
+
+def _read_summary(cfg: PrepareConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the pass read: source images, files (masks, crops, copies included) and bytes."""
+    totals = {k: sum(r["read"][k] for r in results) for k in ("images", "files", "bytes")}
+    return {"tasks": sorted(cfg.tasks), **totals}
 
 
 def _quarantine_rows(catalog: Catalog, task: str, results) -> list[dict[str, str]]:
@@ -196,55 +240,60 @@ def _quarantine_rows(catalog: Catalog, task: str, results) -> list[dict[str, str
 
 
 def prepare(
-    catalog: Catalog, out: Path, cfg: PrepareConfig, workers: int | None = None, print_fn=print
+    catalog: Catalog,
+    out: str | Path,
+    cfg: PrepareConfig,
+    workers: int | None = None,
+    print_fn=print,
 ) -> dict[str, Any]:
-    """Convert a catalog into ``out``; return the manifest (also written to ``manifest.json``)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Convert a catalog into ``out`` (a folder or an ``s3://`` / ``gs://`` prefix); return the
+    manifest (also written to ``manifest.json``)."""
+    out = Store.at(out)
+    out.make_dir()
     digest = f"{fingerprint(catalog, cfg)}-v{FORMAT}"
     manifest = _previous_manifest(out, digest)
     if set(cfg.tasks) <= set(manifest["tasks"]):  # all prepared from these inputs: no Ray work
-        print_fn(f"prepared data up to date: {out}")
+        print_fn(f"prepared data up to date: {out.root}")
         return manifest
     _start_fresh_if_changed(out, print_fn, digest)
     quarantine = _previous_quarantine(out, manifest, cfg.tasks)
+    specs = shard_specs(catalog, cfg)
+    results = sorted(_run_shards(specs, catalog.root, out, cfg, workers), key=lambda r: r["name"])
     for task in cfg.tasks:
-        specs = shard_specs(plan_items(catalog, cfg, task), task, cfg.shard_size)
-        results = sorted(
-            _run_shards(specs, catalog.root, out, cfg, workers), key=lambda r: r["name"]
-        )
-        manifest["tasks"][task] = _task_summary(task, results, len(catalog.rejected))
-        quarantine += _quarantine_rows(catalog, task, results)
+        parts = task_results(results, task)
+        manifest["tasks"][task] = _task_summary(task, parts, len(catalog.rejected))
+        quarantine += _quarantine_rows(catalog, task, parts)
+    manifest["read"] = _read_summary(cfg, results)
     manifest["config"] = {**asdict(cfg), "tasks": sorted(manifest["tasks"])}
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
-    _write_quarantine(out / "quarantine.csv", quarantine)
+    out.write_bytes("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+    _write_quarantine(out, quarantine)
     return manifest
 
 
-def _previous_manifest(out: Path, digest: str) -> dict[str, Any]:
+def _previous_manifest(out: Store, digest: str) -> dict[str, Any]:
     """The manifest on disk if it has this fingerprint, else an empty one.
 
     (A run with another fingerprint deletes ``manifest.json`` before any shard, so a manifest of
     this fingerprint always describes the shards on disk, even after a kill mid-deletion.)
     """
-    path = out / "manifest.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = _read_json(out, "manifest.json")
     if old.get("fingerprint") == digest:
         return old
     return {"format": FORMAT, "fingerprint": digest, "tasks": {}}
 
 
-def _previous_quarantine(out: Path, manifest: dict[str, Any], tasks) -> list[dict[str, str]]:
-    path = out / "quarantine.csv"
-    if not path.is_file():
+def _previous_quarantine(out: Store, manifest: dict[str, Any], tasks) -> list[dict[str, str]]:
+    try:
+        text = out.read_text("quarantine.csv")
+    except FileNotFoundError:
         return []
-    with open(path, newline="") as handle:
-        kept = set(manifest["tasks"]) - set(tasks)
-        return [row for row in csv.DictReader(handle) if row["task"] in kept]
+    kept = set(manifest["tasks"]) - set(tasks)
+    return [row for row in csv.DictReader(io.StringIO(text, newline="")) if row["task"] in kept]
 
 
-def _write_quarantine(path: Path, rows: list[dict[str, str]]) -> None:
+def _write_quarantine(out: Store, rows: list[dict[str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, ["source_path", "task", "reason", "key"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: (r["task"], r["key"], r["source_path"])))
-    _atomic_write(path, buffer.getvalue().encode())
+    out.write_bytes("quarantine.csv", buffer.getvalue().encode())

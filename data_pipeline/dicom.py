@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from pydicom.uid import (
 )
 
 PathArg = str | os.PathLike[str]
+Source = PathArg | bytes  # a file, or its bytes (read from an object store)
 
 PIXEL_DATA_TAG = 0x7FE00010
 FAST_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
@@ -93,7 +95,7 @@ def _contained(read: Callable[..., _T]) -> Callable[..., _T]:
 
 
 @_contained
-def read_image(path: PathArg) -> np.ndarray:
+def read_image(path: Source) -> np.ndarray:
     """Read a single-frame greyscale DICOM image, ready for display.
 
     Bits above BitsStored are masked off, a VOI LUT or window (if present) is applied and rescaled
@@ -101,7 +103,7 @@ def read_image(path: PathArg) -> np.ndarray:
     Without a VOI transform, values stay in the stored bit range ``0 .. 2**BitsStored - 1``.
 
     Args:
-        path: DICOM file.
+        path: DICOM file, or its bytes.
 
     Returns:
         A 2-D Rows x Columns array, ``uint16`` for BitsAllocated 16 and ``uint8`` for 8.
@@ -115,11 +117,11 @@ def read_image(path: PathArg) -> np.ndarray:
 
 
 @_contained
-def read_header(path: PathArg) -> dict[str, Any]:
+def read_header(path: Source) -> dict[str, Any]:
     """Read the allow-listed, non-identifying header fields without touching the pixel data.
 
     Args:
-        path: DICOM file.
+        path: DICOM file, or its first bytes (the header's at least).
 
     Returns:
         Exactly the keys rows, columns, bits_allocated, bits_stored, photometric, transfer_syntax
@@ -142,7 +144,7 @@ def read_header(path: PathArg) -> dict[str, Any]:
 
 
 @_contained
-def classify_roi(path: PathArg) -> str:
+def classify_roi(path: Source) -> str:
     """Tell an ROI mask from a lesion crop by content (CBIS-DDSM file names and descriptions lie).
 
     A mask holds only the values 0 and 255 (8-bit in CBIS-DDSM); a crop is a 16-bit image.
@@ -199,7 +201,7 @@ def align_mask(
     return resized.astype(bool) if mask.dtype == bool else resized
 
 
-def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
+def _read_dataset(path: Source, *, stop_before_pixels: bool) -> Dataset:
     """``dcmread`` with its failures turned into reasons; truncation warnings become errors.
 
     Large values (the pixel data) are left unread: see ``_raw_pixels``.
@@ -210,8 +212,11 @@ def _read_dataset(path: PathArg, *, stop_before_pixels: bool) -> Dataset:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            in_memory = isinstance(path, bytes)  # nothing to defer: the value is read at once
             ds = pydicom.dcmread(
-                path, stop_before_pixels=stop_before_pixels, defer_size=_DEFER_BYTES
+                io.BytesIO(path) if in_memory else path,
+                stop_before_pixels=stop_before_pixels,
+                defer_size=None if in_memory else _DEFER_BYTES,
             )
             _parse_values(ds)
         except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Find CBIS-DDSM files on disk in the three layouts a download comes in.
+"""Find CBIS-DDSM files in a listing of DATA, in the three layouts a download comes in.
 
 1. The CSVs' own layout: ``<Subject>/<StudyUID>/<SeriesUID>/00000N.dcm``.
 2. The NBIA download with ``metadata.csv``: ``Series UID`` -> ``File Location`` (files ``1-N.dcm``).
@@ -12,10 +12,12 @@ anything is opened.
 from __future__ import annotations
 
 import csv
-import os
+import io
+import posixpath
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import PurePosixPath, PureWindowsPath
 
 STUDY_DIR = re.compile(r"^\d{2}-\d{2}-\d{4}-DDSM-(?:NA-)?(\d{5})$")
 SERIES_DIR = re.compile(r"^\d+\.\d+-.*-(\d{5})$")
@@ -47,29 +49,32 @@ def check_relative(path: str) -> PurePosixPath:
 
 @dataclass
 class SeriesIndex:
-    """Where each DICOM series lives under DATA, from one walk of the tree."""
+    """Where each DICOM series lives under DATA, from one listing of the tree (one walk of a
+    folder, or one paged LIST of a bucket prefix). Every path is relative to DATA."""
 
-    root: Path
-    by_uid: dict[str, Path] = field(default_factory=dict)  # metadata.csv
-    by_csv_path: dict[tuple[str, str, str], Path] = field(default_factory=dict)
-    by_suffix: dict[tuple[str, str, str], Path] = field(default_factory=dict)
+    folders: dict[str, list[str]] = field(default_factory=dict)  # folder -> its .dcm files
+    by_uid: dict[str, str] = field(default_factory=dict)  # metadata.csv
+    by_csv_path: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    by_suffix: dict[tuple[str, str, str], str] = field(default_factory=dict)
     metadata_files: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, root: Path) -> SeriesIndex:
-        """Walk ``root`` once and index every folder that holds ``.dcm`` files."""
-        index = cls(root=root.resolve())
-        for dirpath, dirnames, filenames in os.walk(index.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            here = Path(dirpath)
-            if "metadata.csv" in filenames:
-                index._read_metadata(here / "metadata.csv")
-            if any(name.lower().endswith(".dcm") for name in filenames):
-                index._add_series_dir(here)
+    def build(cls, files: Iterable[str], read_text: Callable[[str], str]) -> SeriesIndex:
+        """Index every folder of ``files`` (relative paths) that holds ``.dcm`` files;
+        ``read_text`` reads a ``metadata.csv`` among them."""
+        index = cls()
+        for name in sorted(files):
+            folder, base = posixpath.split(name)
+            if base.lower().endswith(".dcm"):
+                index.folders.setdefault(folder, []).append(name)
+            elif base == "metadata.csv":
+                index._read_metadata(name, read_text(name))
+        for folder in index.folders:
+            index._add_series_dir(folder)
         return index
 
-    def _add_series_dir(self, folder: Path) -> None:
-        parts = folder.relative_to(self.root).parts
+    def _add_series_dir(self, folder: str) -> None:
+        parts = PurePosixPath(folder).parts
         if len(parts) < 3:
             return
         subject, study, series = parts[-3:]
@@ -79,28 +84,22 @@ class SeriesIndex:
             key = (subject, study_match.group(1), series_match.group(1))
             self.by_suffix.setdefault(key, folder)
 
-    def _read_metadata(self, path: Path) -> None:
-        self.metadata_files.append(str(path.relative_to(self.root)))
-        # undecodable bytes kept as on disk: a POSIX file name may hold them too
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            for row in csv.DictReader(handle):
-                cols = {re.sub(r"\W+", "_", k.strip().lower()): v for k, v in row.items() if k}
-                uid, location = cols.get("series_uid"), cols.get("file_location")
-                if not uid or not location:
-                    continue
-                try:
-                    rel = check_relative(location)
-                except UnsafePathError:
-                    continue  # a bad metadata row is ignored; its series resolves another way
-                folder = self._inside(path.parent / rel)
-                if folder is not None:
-                    self.by_uid[uid.strip()] = folder
+    def _read_metadata(self, name: str, text: str) -> None:
+        self.metadata_files.append(name)
+        for row in csv.DictReader(io.StringIO(text, newline="")):
+            cols = {re.sub(r"\W+", "_", k.strip().lower()): v for k, v in row.items() if k}
+            uid, location = cols.get("series_uid"), cols.get("file_location")
+            if not uid or not location:
+                continue
+            try:
+                rel = check_relative(location)
+            except UnsafePathError:
+                continue  # a bad metadata row is ignored; its series resolves another way
+            folder = posixpath.normpath(posixpath.join(posixpath.dirname(name), str(rel)))
+            if not folder.startswith("../"):
+                self.by_uid[uid.strip()] = folder
 
-    def _inside(self, path: Path) -> Path | None:
-        resolved = path.resolve()
-        return resolved if resolved.is_relative_to(self.root) else None
-
-    def series_dir(self, csv_path: PurePosixPath) -> Path | None:
+    def series_dir(self, csv_path: PurePosixPath) -> str | None:
         """The folder holding the series a CSV path names, in whichever layout exists."""
         if len(csv_path.parts) < 4:
             return None
@@ -110,29 +109,24 @@ class SeriesIndex:
             or self.by_csv_path.get((subject, study, series))
             or self.by_suffix.get((subject, study[-5:], series[-5:]))
         )
-        return folder if folder is not None and folder.is_dir() else None
+        return folder if folder in self.folders else None
 
-    def resolve_file(self, csv_path: PurePosixPath) -> Path | None:
+    def resolve_file(self, csv_path: PurePosixPath) -> str | None:
         """The file a CSV path names: exact name in the CSV layout, ``1-(N+1).dcm`` in NBIA's."""
         folder = self.series_dir(csv_path)
         if folder is None:
             return None
-        exact = folder / csv_path.name
-        if exact.is_file():
-            return self._inside(exact)
+        files = self.folders[folder]
+        exact = posixpath.join(folder, csv_path.name)
+        if exact in files:
+            return exact
         match = CSV_FILE.match(csv_path.name)
         if match:
-            nbia = folder / f"1-{int(match.group(1)) + 1}.dcm"
-            if nbia.is_file():
-                return self._inside(nbia)
-        files = series_files(folder)
+            nbia = posixpath.join(folder, f"1-{int(match.group(1)) + 1}.dcm")
+            if nbia in files:
+                return nbia
         return files[0] if len(files) == 1 else None
 
-    def relative(self, path: Path) -> str:
-        """A resolved path as an operator finds it: relative to DATA, POSIX separators."""
-        return path.relative_to(self.root).as_posix()
-
-
-def series_files(folder: Path) -> list[Path]:
-    """The DICOM files of one series folder, sorted."""
-    return sorted(p.resolve() for p in folder.iterdir() if p.suffix.lower() == ".dcm")
+    def series_files(self, folder: str) -> list[str]:
+        """The DICOM files of one series folder, sorted."""
+        return list(self.folders.get(folder, ()))

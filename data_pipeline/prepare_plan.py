@@ -1,8 +1,8 @@
 """What ``prepare`` will write: the resolved config, the work items per task, shards, fingerprint.
 
 Items are plain dicts (Ray passes plain data). Shards are ours, not Ray's: each is a fixed, sorted
-chunk of catalog rows, so a re-run names and fills every shard identically and a finished shard can
-be skipped.
+chunk of source images with their items of every task, so one pass reads each image once for all
+tasks, a re-run names and fills every shard identically and a finished shard can be skipped.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from data_pipeline import SPLITS, TASKS
@@ -47,7 +46,7 @@ class PrepareConfig:
     label_map: str = "binary"
     margin: float = 0.15
     clahe_clip: float = 2.0
-    shard_size: int = 64
+    shard_size: int = 64  # source images per shard (their rows of every task)
     val_fraction: float = 0.15
     seed: int = 0
     max_quarantine: float = 0.05
@@ -85,6 +84,7 @@ def abnormality_item(abn: Abnormality, task: str, labels: dict[str, int]) -> dic
     return {
         "task": task,
         "key": abn.key,
+        "image_key": abn.image_key,
         "split": abn.split,
         "label": labels[abn.pathology],
         "image_file": abn.image_file,
@@ -107,6 +107,7 @@ def image_item(
     return {
         "task": task,
         "key": image.image_key,
+        "image_key": image.image_key,
         "split": image.split,
         "label": labels[pathology],
         "image_file": image.image_file,
@@ -140,25 +141,38 @@ def plan_items(catalog: Catalog, cfg: PrepareConfig, task: str) -> list[dict[str
     return sorted(items, key=lambda item: (item["split"], item["key"]))
 
 
-def shard_specs(items: list[dict[str, Any]], task: str, shard_size: int) -> list[dict[str, Any]]:
-    """Fixed chunks of sorted items, one per output file ``<task>/<split>/NNNNN.parquet``."""
+def source_image(item: dict[str, Any]) -> tuple[str, ...]:
+    """The image an item reads: (split, file, physical view). The view keeps the two CSV copies
+    of one mammogram apart (they are two files), and so do listings of one file under other keys
+    (``bench/common.py``'s repeated catalog)."""
+    view = (item.get("image_key") or item["key"]).split("_", 1)[-1]  # as ``physical_view``
+    return item["split"], item["image_file"] or f"missing:{item['key']}", view
+
+
+def shard_specs(catalog: Catalog, cfg: PrepareConfig) -> list[dict[str, Any]]:
+    """The work of one pass over the images: every task's items grouped by the source image
+    they read (one decode serves a whole image's rows of every task), ``cfg.shard_size`` images
+    per shard, shards numbered per split: ``<split>/NNNNN``, written as
+    ``<task>/<split>/NNNNN.parquet`` for each task with rows in it."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for task in cfg.tasks:
+        for item in plan_items(catalog, cfg, task):
+            groups.setdefault(source_image(item), []).append(item)
     specs = []
     for split in SPLITS:
-        rows = [item for item in items if item["split"] == split]
-        for number, start in enumerate(range(0, len(rows), shard_size)):
-            specs.append(
-                {
-                    "task": task,
-                    "split": split,
-                    "name": f"{task}/{split}/{number:05d}",
-                    "items": rows[start : start + shard_size],
-                }
-            )
+        ordered = sorted(
+            (items for key, items in groups.items() if key[0] == split),
+            key=lambda items: min(item["key"] for item in items),
+        )
+        for number, start in enumerate(range(0, len(ordered), cfg.shard_size)):
+            chunk = [item for items in ordered[start : start + cfg.shard_size] for item in items]
+            specs.append({"split": split, "name": f"{split}/{number:05d}", "items": chunk})
     return specs
 
 
 def fingerprint(catalog: Catalog, cfg: PrepareConfig) -> str:
-    """A hash of the output-shaping config and of every input file's name, size and mtime.
+    """A hash of the output-shaping config, of the CSVs and of every input file's name, size and
+    modification time (as the catalog listed them).
 
     ``tasks`` and ``max_quarantine`` are left out: preparing another task later, or judging the
     same outputs by another threshold, reuses the shards already written.
@@ -166,12 +180,11 @@ def fingerprint(catalog: Catalog, cfg: PrepareConfig) -> str:
     config = {k: v for k, v in asdict(cfg).items() if k not in ("tasks", "max_quarantine")}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name in sorted(catalog.csv_files):
-        path = Path(name) if Path(name).is_absolute() else catalog.root / name
-        digest.update(name.encode() + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(name.encode() + bytes.fromhex(catalog.csv_digests[name]))
     files = set()
     for abn in catalog.abnormalities:
         files.update(f for f in (abn.image_file, abn.mask_file, abn.crop_file) if f)
     for name in sorted(files):
-        stat = (catalog.root / name).stat()
-        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        size, mtime = catalog.files[name]  # from the catalog's listing: no request per file
+        digest.update(f"{name}:{size}:{mtime}".encode())
     return digest.hexdigest()[:16]

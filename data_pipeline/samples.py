@@ -7,7 +7,6 @@ to DATA) and a specific reason. Reasons never carry values read from DICOM heade
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -16,6 +15,7 @@ import numpy as np
 from data_pipeline import transforms
 from data_pipeline.dicom import DicomError, align_mask, read_image
 from data_pipeline.prepare_plan import METADATA, PrepareConfig
+from data_pipeline.storage import StorageError, Store
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,61 @@ class Quarantined(Exception):
     reason: str
 
 
-def _load(root: Path, rel: str | None, csv_path: str) -> np.ndarray:
+class Sources:
+    """The DICOMs of one store, each decoded once while one image's items are converted (one
+    pass: the full image and its masks serve every task's rows); ``release`` drops them, so a
+    worker holds one image's files at a time. From a disk a file is read by path; from an object
+    store in one request into memory (never to local disk). Counts the files and bytes read."""
+
+    def __init__(self, root: Store) -> None:
+        self.root = root
+        self.files = self.bytes = 0
+        self._held: dict[str, np.ndarray | DicomError] = {}
+
+    def read(self, rel: str) -> np.ndarray:
+        """The decoded image (read-only: every task's transforms share it)."""
+        if rel not in self._held:
+            try:
+                image = self._decode(rel)
+                image.setflags(write=False)
+                self._held[rel] = image
+            except DicomError as exc:
+                self._held[rel] = exc
+        found = self._held[rel]
+        if isinstance(found, DicomError):
+            raise found
+        return found
+
+    def release(self) -> None:
+        self._held.clear()
+
+    def _decode(self, rel: str) -> np.ndarray:
+        local = self.root.local_path(rel)
+        if local is not None:
+            self.files += 1
+            self.bytes += local.stat().st_size if local.is_file() else 0
+            return read_image(local)
+        try:
+            data = self.root.read_bytes(rel)
+        except FileNotFoundError:
+            raise DicomError("file not found") from None
+        self.files, self.bytes = self.files + 1, self.bytes + len(data)
+        return read_image(data)
+
+
+def _load(sources: Sources, rel: str | None, csv_path: str) -> np.ndarray:
     if rel is None:
         raise Quarantined(csv_path, "file not found (no file on disk for this CSV path)")
     try:
-        return read_image(root / rel)
+        return sources.read(rel)
     except DicomError as exc:
         raise Quarantined(rel, exc.reason) from None
 
 
-def _load_mask(root: Path, rel: str | None, csv_path: str, shape: tuple[int, ...]) -> np.ndarray:
-    mask = _load(root, rel, csv_path)
+def _load_mask(
+    sources: Sources, rel: str | None, csv_path: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    mask = _load(sources, rel, csv_path)
     if mask.dtype != np.uint8 and mask.max() > 255:
         raise Quarantined(rel or csv_path, "ROI file is a 16-bit image, not an 8-bit mask")
     try:
@@ -52,12 +96,12 @@ def _base(item: dict[str, Any]) -> dict[str, Any]:
     return {k: item.get(k) for k in ("key", "split", "label", *METADATA)}
 
 
-def _classification(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
-    image = _load(root, item["image_file"], item["image_csv_path"])
+def _classification(item: dict[str, Any], sources: Sources, cfg: PrepareConfig) -> dict[str, Any]:
+    image = _load(sources, item["image_file"], item["image_csv_path"])
     if cfg.cls_input == "whole":
         out = transforms.whole_image(image, cfg.cls_size, clip_limit=cfg.clahe_clip)
     else:
-        mask = _load_mask(root, item["mask_files"][0], item["mask_csv_paths"][0], image.shape)
+        mask = _load_mask(sources, item["mask_files"][0], item["mask_csv_paths"][0], image.shape)
         out = transforms.lesion_crop(
             image, mask, cfg.cls_size, margin=cfg.margin, clip_limit=cfg.clahe_clip
         )
@@ -69,9 +113,9 @@ def _classification(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dic
     }
 
 
-def _segmentation(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
-    image = _load(root, item["image_file"], item["image_csv_path"])
-    mask = _load_mask(root, item["mask_files"][0], item["mask_csv_paths"][0], image.shape)
+def _segmentation(item: dict[str, Any], sources: Sources, cfg: PrepareConfig) -> dict[str, Any]:
+    image = _load(sources, item["image_file"], item["image_csv_path"])
+    mask = _load_mask(sources, item["mask_files"][0], item["mask_csv_paths"][0], image.shape)
     crop, crop_mask = transforms.tumour_crop(
         image, mask, cfg.seg_size, margin=cfg.margin, clip_limit=cfg.clahe_clip
     )
@@ -84,10 +128,10 @@ def _segmentation(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[
     }
 
 
-def _detection(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
-    image = _load(root, item["image_file"], item["image_csv_path"])
+def _detection(item: dict[str, Any], sources: Sources, cfg: PrepareConfig) -> dict[str, Any]:
+    image = _load(sources, item["image_file"], item["image_csv_path"])
     masks = [
-        _load_mask(root, rel, csv_path, image.shape)
+        _load_mask(sources, rel, csv_path, image.shape)
         for rel, csv_path in zip(item["mask_files"], item["mask_csv_paths"], strict=True)
     ]
     out, boxes = transforms.detection_image(image, masks, cfg.det_size, clip_limit=cfg.clahe_clip)
@@ -109,15 +153,16 @@ CONVERTERS = {
 }
 
 
-def convert_item(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[str, Any]:
+def convert_item(item: dict[str, Any], sources: Sources, cfg: PrepareConfig) -> dict[str, Any]:
     """Convert one item; raise ``Quarantined`` for any per-file failure.
 
     Unexpected errors are quarantined too, by exception type only: their messages could echo
-    header values, which must not leave the DICOM files.
+    header values, which must not leave the DICOM files. A store that keeps failing
+    (``StorageError``) is not the file's fault: it stops the run, naming the object.
     """
     try:
-        return CONVERTERS[item["task"]](item, root, cfg)
-    except Quarantined:
+        return CONVERTERS[item["task"]](item, sources, cfg)
+    except (Quarantined, StorageError):
         raise
     except ValueError as exc:  # raised by our transforms with a fixed message (e.g. empty mask)
         raise Quarantined(_source(item), f"cannot convert: {exc}") from None
@@ -128,7 +173,7 @@ def convert_item(item: dict[str, Any], root: Path, cfg: PrepareConfig) -> dict[s
 
 
 def check_files(
-    item: dict[str, Any], root: Path, failed: Quarantined | None = None
+    item: dict[str, Any], sources: Sources, failed: Quarantined | None = None
 ) -> list[Quarantined]:
     """Decode the files an item names that its conversion did not read: its lesion crop and
     another series' copy of its image, and after a ``failed`` conversion every other file
@@ -140,7 +185,7 @@ def check_files(
     damaged = []
     for rel in files:
         try:
-            read_image(root / rel)
+            sources.read(rel)
         except DicomError as exc:
             damaged.append(Quarantined(rel, f"damaged file: {exc.reason}"))
     return damaged

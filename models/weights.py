@@ -2,7 +2,8 @@
 
 Order, for `pretrained=True`:
 
-1. The weights directory (`ModelSpec.weights_dir`, else `$MAMMOBENCH_WEIGHTS_DIR`) holding one
+1. The weights directory (`ModelSpec.weights_dir`, else `$MAMMOBENCH_WEIGHTS_DIR`: a folder or a
+   bucket URI, whose files are mirrored to the node on first use) holding one
    file per architecture: `<name>.pth` or `<name>.safetensors` (segmenters:
    `<name>_<encoder>.pth`; a classifier pinned to a timm tag: `<name>_<tag>.pth`, e.g.
    `vit_b16_orig_in21k_ft_in1k.pth`). Its content is the library's own ImageNet state dict (timm model,
@@ -27,7 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_pipeline.storage import is_uri
 from models.spec import ModelSpec
+from models.weights_mirror import mirror_dir, mirror_files
 
 WEIGHTS_DIR_ENV = "MAMMOBENCH_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".pth", ".safetensors")
@@ -66,8 +69,11 @@ class WeightsSource:
 
 
 def weights_dir(spec: ModelSpec) -> Path | None:
-    """The weights directory for `spec`: the spec's own, else the environment's, else None."""
+    """The weights directory for `spec`: the spec's own, else the environment's, else None; a
+    bucket's (``s3://``, ``gs://``) as this node's mirror of it (``weights_mirror``)."""
     value = spec.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    if value and is_uri(value):
+        return mirror_dir(value)
     return Path(value).expanduser() if value else None
 
 
@@ -80,7 +86,10 @@ def candidate_files(spec: ModelSpec, source: WeightsSource) -> list[Path]:
 
 
 def find_local_weights(spec: ModelSpec, source: WeightsSource) -> Path | None:
-    """The first existing weights file for `spec`, if any."""
+    """The first existing weights file for `spec`, if any (copied from a bucket first)."""
+    value = spec.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    if value and is_uri(value):
+        mirror_files(value, [f"{source.stem}{suffix}" for suffix in WEIGHT_SUFFIXES])
     return next((path for path in candidate_files(spec, source) if path.is_file()), None)
 
 

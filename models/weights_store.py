@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from data_pipeline.storage import is_uri
 from models.registry import available_models, build_model, get_entry
 from models.spec import ModelSpec
 from models.weights import WEIGHT_SUFFIXES, WeightsSource
+from models.weights_mirror import mirror_files
 
 MANIFEST = "weights.json"
 Fetch = Callable[[WeightsSource], dict[str, torch.Tensor]]
@@ -95,10 +97,17 @@ def file_origin(directory: Path, file: str) -> dict[str, Any] | None:
     return None if entry is None else {"source": entry["source"], **entry.get("origin", {})}
 
 
-def check_weights_dir(directory: Path, names: Iterable[str] | None = None) -> list[dict[str, str]]:
-    """One result per architecture: ``{"model", "file", "status" (PASS/FAIL), "detail"}``."""
-    manifest = read_manifest(directory)
+def check_weights_dir(
+    directory: str | Path, names: Iterable[str] | None = None
+) -> list[dict[str, str]]:
+    """One result per architecture: ``{"model", "file", "status" (PASS/FAIL), "detail"}``; a
+    bucket's folder is checked in this node's mirror of it (copied first)."""
     sources = weight_sources(names)
+    if is_uri(directory):
+        stems = [f"{s.stem}{suffix}" for s in sources.values() for suffix in WEIGHT_SUFFIXES]
+        directory = mirror_files(str(directory), stems)
+    directory = Path(directory)
+    manifest = read_manifest(directory)
     return [_check_one(directory, name, source, manifest) for name, source in sources.items()]
 
 

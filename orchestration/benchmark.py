@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.storage import Store, location_text
 from models import ModelSpec, model_info, weights_available
 from models.weights_store import download_weights, wheel_models
 from orchestration import console
@@ -43,8 +44,8 @@ class BenchmarkJob:
     """What ``mammobench benchmark`` was asked to do."""
 
     bench: Benchmark
-    data: Path | None = None  # a CBIS-DDSM download, or prepared shards (manifest.json)
-    prep: Path | None = None  # where to prepare a download [default: <home>/prepared/<config>]
+    data: str | None = None  # a CBIS-DDSM download, or prepared shards (manifest.json): path or URI
+    prep: str | None = None  # where to prepare a download [default: <home>/prepared/<config>]
     name: str | None = None
     resume: bool = False
     weights_dir: str | None = None
@@ -215,10 +216,10 @@ def prepared_data(
 ) -> Prepared:
     """The prepared shards: given, already there for this config and data, or made now (timed:
     ``clock``'s ``synth`` and ``prepare``); with ``vary_split``, one set per repeat's seed."""
-    if job.data is not None and (job.data / "manifest.json").is_file():
+    if job.data is not None and Store.at(job.data).is_file("manifest.json"):
         if job.split_varied:
             raise ValueError("--vary-split prepares the data again: pass a download, not shards")
-        return Prepared(job.data.resolve(), given=True)
+        return Prepared(location_text(job.data), given=True)
     data = job.data
     if data is None:
         if not job.bench.synth:
@@ -227,8 +228,8 @@ def prepared_data(
                 "download or prepared shards)"
             )
         with clock("synth"):
-            data = synthesise(settings.home / "demo-data", job.bench.synth, echo)
-    out = (job.prep or settings.home / "prepared" / job.bench.name).resolve()
+            data = str(synthesise(settings.home / "demo-data", job.bench.synth, echo))
+    out = location_text(job.prep or settings.home / "prepared" / job.bench.name)
     split_seeds = list(range(1, job.max_seeds)) if job.split_varied else []
     repeated = {run.task for run in job.bench.runs if (job.seeds or run.sweep.get("seeds", 1)) > 1}
     with clock("prepare"):

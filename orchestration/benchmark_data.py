@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.storage import Store, open_file
 from orchestration.train.config import read_manifest, shard_paths
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
 
@@ -24,13 +25,13 @@ class Prepared:
     """Prepared shards by classification input, per validation-split seed (``splits``), and
     per set of a run's own prepare sizes (``sized``, by ``sizes_name``)."""
 
-    crop: Path
-    whole: Path | None = None
+    crop: str  # a folder or a URI
+    whole: str | None = None
     given: bool = False  # shards passed in as --data: one input, used as they are
     splits: dict[int, Prepared] = field(default_factory=dict)
     sized: dict[str, Prepared] = field(default_factory=dict)
 
-    def for_run(self, run: BenchmarkRun) -> Path:
+    def for_run(self, run: BenchmarkRun) -> str:
         """A run's shards: its classification input's (the crop shards hold every task)."""
         if run.prepare:
             return self._sized(run).for_run(replace(run, prepare={}))
@@ -73,8 +74,8 @@ def sizes_name(sizes: dict[str, int]) -> str:
 
 def prepare_benchmark(
     bench: Benchmark,
-    data: Path,
-    out: Path,
+    data: str,
+    out: str,
     echo: Callable[[str], None],
     split_seeds: list[int] = (),
     split_tasks: tuple[str, ...] | None = None,
@@ -103,8 +104,8 @@ def prepare_benchmark(
 def _prepare_runs(
     options: dict[str, Any],
     runs: list[BenchmarkRun],
-    data: Path,
-    out: Path,
+    data: str,
+    out: str,
     echo: Callable[[str], None],
     split_seeds: list[int],
     split_tasks: tuple[str, ...] | None,
@@ -131,8 +132,9 @@ def _prepare_runs(
     return Prepared(crop, whole, splits=splits)
 
 
-def _beside(out: Path, suffix: str) -> Path:
-    return out.with_name(f"{out.name}-{suffix}")
+def _beside(out: str, suffix: str) -> str:
+    """A sibling folder or prefix: ``<out>-<suffix>``."""
+    return f"{out.rstrip('/')}-{suffix}"
 
 
 def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) -> Path:
@@ -147,12 +149,12 @@ def synthesise(out: Path, synth: dict[str, Any], echo: Callable[[str], None]) ->
 
 
 def prepare_once(
-    data: Path,
-    out: Path,
+    data: str,
+    out: str,
     options: dict[str, Any],
     echo: Callable[[str], None],
     tasks: tuple[str, ...] | None = None,
-) -> Path:
+) -> str:
     """Prepare ``tasks`` (default: all) of ``data`` into ``out`` (a no-op when shards of the
     same inputs are there)."""
     from data_pipeline import TASKS
@@ -184,8 +186,8 @@ def facts(bench: Benchmark, prepared: Prepared, seeds: int) -> dict[str, Any]:
     }
 
 
-def _manifest(prep: Path) -> dict[str, Any]:
-    return json.loads((prep / "manifest.json").read_text())
+def _manifest(prep: str) -> dict[str, Any]:
+    return json.loads(Store.at(prep).read_bytes("manifest.json"))
 
 
 def test_images(prepared: Prepared) -> tuple[int | None, int | None]:
@@ -202,7 +204,7 @@ def test_images(prepared: Prepared) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _prevalence(prep: Path, manifest: dict[str, Any]) -> float | None:
+def _prevalence(prep: str, manifest: dict[str, Any]) -> float | None:
     if "classification" not in manifest.get("tasks", {}):
         return None
     labels = _column(prep, "classification", "label")
@@ -210,10 +212,11 @@ def _prevalence(prep: Path, manifest: dict[str, Any]) -> float | None:
     return sum(label == malignant for label in labels) / len(labels) if labels else None
 
 
-def _column(prep: Path, task: str, name: str) -> list:
+def _column(prep: str, task: str, name: str) -> list:
     import pyarrow.parquet as pq
 
     values = []
     for path in shard_paths(prep, task, "test"):
-        values += pq.read_table(path, columns=[name]).column(name).to_pylist()
+        with open_file(path) as handle:
+            values += pq.read_table(handle, columns=[name]).column(name).to_pylist()
     return values

@@ -15,6 +15,7 @@ import typer
 from data_pipeline import TASKS
 from data_pipeline.catalog import build_catalog
 from data_pipeline.prepare_plan import PrepareConfig
+from data_pipeline.storage import location_text
 from data_pipeline.synth import SynthConfig
 from orchestration.cli_serve import evaluate, predict
 from orchestration.cli_weights import weights_app
@@ -129,10 +130,11 @@ def main(
 @app.command()
 def catalog(
     data: Annotated[
-        Path, typer.Argument(help="CBIS-DDSM download (or `mammobench synth` output).")
+        str,
+        typer.Argument(help="CBIS-DDSM download (or `mammobench synth` output): a folder or URI."),
     ],
     csv: Annotated[
-        Path | None, typer.Option("--csv", help="Folder of the case-description CSVs.")
+        str | None, typer.Option("--csv", help="Folder or URI of the case-description CSVs.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     seed: Annotated[
@@ -178,8 +180,12 @@ def synth(
 @app.command()
 def prepare(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Argument(help="CBIS-DDSM download or `mammobench synth` output.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for shards and manifest.json.")],
+    data: Annotated[
+        str, typer.Argument(help="CBIS-DDSM download or `mammobench synth` output: folder or URI.")
+    ],
+    out: Annotated[
+        str, typer.Option("--out", help="Folder or s3:// / gs:// URI for shards and manifest.json.")
+    ],
     task: Annotated[
         str | None, option(PrepareConfig, "tasks", "|".join((*TASKS, "all")), show=task_choice)
     ] = None,
@@ -209,7 +215,13 @@ def prepare(
     ] = None,
     label_map: Annotated[str | None, option(PrepareConfig, "label_map", "binary | 3class")] = None,
     shard_size: Annotated[
-        int | None, option(PrepareConfig, "shard_size", "Rows per Parquet shard.", min=1)
+        int | None,
+        option(
+            PrepareConfig,
+            "shard_size",
+            "Source images per shard (their rows of every task).",
+            min=1,
+        ),
     ] = None,
     max_quarantine: Annotated[
         float | None,
@@ -221,7 +233,9 @@ def prepare(
             max=1,
         ),
     ] = None,
-    csv: Annotated[Path | None, typer.Option("--csv", help="Folder of the case CSVs.")] = None,
+    csv: Annotated[
+        str | None, typer.Option("--csv", help="Folder or URI of the case CSVs.")
+    ] = None,
     seed: Annotated[
         int | None, option(PrepareConfig, "seed", "Seed of the validation split.")
     ] = None,
@@ -274,7 +288,7 @@ def train(
         typer.Argument(help="Architecture (see `mammobench models`) [default: --config's]."),
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Prepared data folder (PREP) [default: --config's].")
+        str | None, typer.Option(help="Prepared data, folder or URI (PREP) [default: --config's].")
     ] = None,
     config: Annotated[
         Path | None,
@@ -341,7 +355,7 @@ def train(
             config,
             given(
                 model=model,
-                data=str(data.resolve()) if data else None,
+                data=location_text(data) if data else None,
                 task=task,
                 epochs=epochs,
                 lr=lr,
@@ -403,7 +417,7 @@ def tune(
     model: Annotated[
         str | None, typer.Argument(help="Architecture (see `mammobench models`).")
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Prepared data folder (PREP).")] = None,
+    data: Annotated[str | None, typer.Option(help="Prepared data, folder or URI (PREP).")] = None,
     task: Annotated[str | None, option(SweepConfig, "task", "|".join(TASKS))] = None,
     space: Annotated[
         str | None, typer.Option(help="Space name or YAML path [default: the family's].")
@@ -534,13 +548,15 @@ def benchmark(
         typer.Option(help="Benchmark name or YAML path [default: study; demo with --demo]."),
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="CBIS-DDSM download, or prepared shards (PREP).")
+        str | None,
+        typer.Option(help="CBIS-DDSM download, or prepared shards (PREP): a folder or URI."),
     ] = None,
     demo: Annotated[
         bool, typer.Option(help="Synthesise a small dataset and run every architecture tiny.")
     ] = False,
     prep: Annotated[
-        Path | None, typer.Option(help="Where to prepare DATA [default: <work dir>/prepared].")
+        str | None,
+        typer.Option(help="Where to prepare DATA, folder or URI [default: <work dir>/prepared]."),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Benchmark run name [default: CONFIG-<time>].")
@@ -617,7 +633,7 @@ def benchmark(
         raise typer.Exit(1)
 
 
-def _dry_run(bench, data: Path | None, weights_dir: str | None, seeds, as_json: bool) -> None:
+def _dry_run(bench, data: str | None, weights_dir: str | None, seeds, as_json: bool) -> None:
     """``benchmark --dry-run``: the plan, and exit 1 when a row the config asks for cannot run."""
     from orchestration.dry_run import plan_benchmark, plan_text
 

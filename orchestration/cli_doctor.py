@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,7 +29,8 @@ def doctor(
         typer.Option(help="MLflow tracking URI to probe [default: the global --tracking-uri]."),
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="CBIS-DDSM download, or prepared shards (PREP).")
+        str | None,
+        typer.Option(help="CBIS-DDSM download, or prepared shards (PREP): a folder or URI."),
     ] = None,
     weights_dir: Annotated[
         str | None, typer.Option(envvar="MAMMOBENCH_WEIGHTS_DIR", help="Local weights folder.")
@@ -40,8 +40,10 @@ def doctor(
         typer.Option(help=f"Benchmark whose rows are checked (name or YAML) [default: {CONFIG}]."),
     ] = None,
     prep: Annotated[
-        Path | None,
-        typer.Option(help="Where the benchmark prepares DATA [default: <work dir>/prepared]."),
+        str | None,
+        typer.Option(
+            help="Where the benchmark prepares DATA, folder or URI [default: <work dir>/prepared]."
+        ),
     ] = None,
     gpu: Annotated[
         bool, typer.Option("--gpu", help="Also an AMP step of each architecture on a GPU worker.")

@@ -42,13 +42,17 @@ def download(directory: Path, model: Models = None, as_json: AsJson = False) -> 
         typer.echo(json.dumps(manifest | {"failed": failed}))
     if not manifest["files"]:
         raise typer.Exit(1)
-    typer.echo(f"on the cluster: export MAMMOBENCH_WEIGHTS_DIR={directory.resolve()}")
+    typer.echo(
+        f"on the cluster: copy it where every node reads it (`aws s3 sync {directory} "
+        f"s3://<bucket>/weights`), then export MAMMOBENCH_WEIGHTS_DIR=s3://<bucket>/weights "
+        f"(or a shared mount: {directory.resolve()})"
+    )
 
 
 @weights_app.command()
-def check(directory: Path, model: Models = None, as_json: AsJson = False) -> None:
-    """Verify DIRECTORY: every file there, its checksum, and that it loads into its
-    architecture; exit 1 on any FAIL."""
+def check(directory: str, model: Models = None, as_json: AsJson = False) -> None:
+    """Verify DIRECTORY (a folder or a bucket URI, mirrored to this node first): every file
+    there, its checksum, and that it loads into its architecture; exit 1 on any FAIL."""
     from models.weights_store import check_weights_dir
 
     try:

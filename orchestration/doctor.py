@@ -2,7 +2,8 @@
 
 One ``Check`` per line (PASS / WARN / FAIL, with the fix): the Ray cluster (reachable, its
 nodes, what an autoscaler can add, Ray and Python versions on every node), then, from a Ray task
-on a worker node, the storage path and the tracking server; the data's catalog and prepared
+on a worker node, the storage path, the tracking server, reading DATA and writing where it is
+prepared (``doctor_data``); the data's catalog and prepared
 shards; every pretrained row's weights; with ``--gpu``, each study architecture on a GPU worker.
 The probes live in ``doctor_checks`` and ``doctor_gpu``; this module connects and runs them.
 """
@@ -54,15 +55,16 @@ class DoctorJob:
 
     settings: Settings
     config: str = "study"  # the benchmark whose rows, sizes and data are checked
-    data: Path | None = None
+    data: str | None = None  # a folder or a URI
     weights_dir: str | None = None
-    prep: Path | None = None  # where the benchmark prepares DATA [default: <home>/prepared/...]
+    prep: str | None = None  # where the benchmark prepares DATA [default: <home>/prepared/...]
     gpu: bool = False
 
 
 def run_doctor(job: DoctorJob, echo: Callable[[str], None] = print) -> list[Check]:
     """Run every check, echoing each line as it is known; returns them all."""
     from data_pipeline import TASKS
+    from data_pipeline.storage import location_text
     from models import available_models
     from orchestration.doctor_checks import (
         data_checks,
@@ -71,6 +73,7 @@ def run_doctor(job: DoctorJob, echo: Callable[[str], None] = print) -> list[Chec
         tracking_checks,
         weights_checks,
     )
+    from orchestration.doctor_data import data_access_checks
     from orchestration.doctor_gpu import gpu_checks
     from search_spaces.benchmarks import load_benchmark
 
@@ -89,7 +92,10 @@ def run_doctor(job: DoctorJob, echo: Callable[[str], None] = print) -> list[Chec
         node = probe_node()
         emit([storage_check(job.settings.storage, node)])
         emit(tracking_checks(job.settings, node))
-    emit(data_checks(job.data, bench, job.prep or job.settings.home / "prepared" / bench.name))
+    prep = location_text(job.prep or job.settings.home / "prepared" / bench.name)
+    if cluster.up and job.data is not None:
+        emit(data_access_checks(location_text(job.data), prep, node))
+    emit(data_checks(job.data, bench, prep))
     if cluster.up:
         emit(weights_checks(job.weights_dir, bench, node))
         if job.gpu:

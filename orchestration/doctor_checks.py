@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_pipeline.storage import Store
 from orchestration.doctor import Check, first_line, run_task, worker_fix
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ def _short(error: str) -> str:
     return error[:300]
 
 
-def data_checks(data: Path | None, bench: Benchmark, out: Path) -> list[Check]:
+def data_checks(data: str | None, bench: Benchmark, out: str) -> list[Check]:
     """The catalog of a download (missing files, rejected rows, as ``catalog`` counts them) and
     whether the benchmark's prepared shards of it exist; or the shards given as ``data``."""
     from data_pipeline.catalog import build_catalog
@@ -191,7 +192,7 @@ def data_checks(data: Path | None, bench: Benchmark, out: Path) -> list[Check]:
     if data is None:
         fix = "pass --data DATA, the download (or prepared shards) the benchmark will read"
         return [Check("data", "WARN", "no --data: catalog and prepared shards not checked", fix)]
-    if (data / "manifest.json").is_file():
+    if Store.at(data).is_file("manifest.json"):
         return [given_shards_check(data, bench)]
     cfg = PrepareConfig(tasks=tuple(sorted({r.task for r in bench.runs})), **bench.prepare)
     try:
@@ -228,14 +229,14 @@ def catalog_checks(summary: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def prepared_check(catalog: Catalog, cfg: PrepareConfig, bench: Benchmark, out: Path) -> Check:
+def prepared_check(catalog: Catalog, cfg: PrepareConfig, bench: Benchmark, out: str) -> Check:
     """Whether ``out`` holds shards of this data and config (as ``benchmark`` prepares them)."""
     from dataclasses import replace
 
     folders = {out: cfg}
     if any(run.input == "whole" for run in bench.runs):  # benchmark_data's folder beside it
         whole = replace(cfg, tasks=("classification",), cls_input="whole")
-        folders[out.with_name(f"{out.name}-whole")] = whole
+        folders[f"{out.rstrip('/')}-whole"] = whole
     states = {folder: prepared_state(folder, catalog, c) for folder, c in folders.items()}
     if all(state == "ready" for state in states.values()):
         return Check("data.prepared", "PASS", f"shards of this config exist: {out}")
@@ -243,23 +244,23 @@ def prepared_check(catalog: Catalog, cfg: PrepareConfig, bench: Benchmark, out: 
     return Check("data.prepared", "PASS", f"{shown}: the benchmark prepares them first")
 
 
-def prepared_state(folder: Path, catalog: Catalog, cfg: PrepareConfig) -> str:
+def prepared_state(folder: str, catalog: Catalog, cfg: PrepareConfig) -> str:
     """``ready``, ``none``, ``partial`` (tasks missing) or ``stale`` (other data or config)."""
     from data_pipeline.convert import FORMAT
     from data_pipeline.prepare_plan import fingerprint
 
-    path = folder / "manifest.json"
-    if not path.is_file():
+    try:
+        manifest = json.loads(Store.at(folder).read_bytes("manifest.json"))
+    except FileNotFoundError:
         return "none yet"
-    manifest = json.loads(path.read_text())
     if manifest.get("fingerprint") != f"{fingerprint(catalog, cfg)}-v{FORMAT}":
         return "stale (other data or options: rebuilt)"
     return "partial" if set(cfg.tasks) - set(manifest.get("tasks", {})) else "ready"
 
 
-def given_shards_check(data: Path, bench: Benchmark) -> Check:
+def given_shards_check(data: str, bench: Benchmark) -> Check:
     """Prepared shards given as DATA: the tasks the config's rows need, and their sizes."""
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = json.loads(Store.at(data).read_bytes("manifest.json"))
     config, tasks = manifest.get("config", {}), manifest.get("tasks", {})
     lacking = sorted({run.task for run in bench.runs} - set(tasks))
     if lacking:
@@ -289,7 +290,7 @@ def weights_checks(weights_dir: str | None, bench: Benchmark, node: tuple[str, s
         )
         return [Check("weights", "WARN", detail, fix + ", pass --weights-dir DIR")]
     node_id, where = node
-    rows, error = run_task(check_weights_dir, Path(weights_dir), models, node=node_id)
+    rows, error = run_task(check_weights_dir, weights_dir, models, node=node_id)
     if error:
         return [Check("weights", "FAIL", f"{weights_dir} from {where}: {error}", fix)]
     return [

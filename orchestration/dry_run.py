@@ -11,16 +11,16 @@ architecture lacks) is an error: the dry run exits non-zero.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
+from data_pipeline.storage import Store
 from search_spaces.benchmarks import Benchmark, BenchmarkRun
 
 ASHA_EPOCHS = 0.25  # share of max_epochs an ASHA trial runs on average, unless the cost says
 
 
 def plan_benchmark(
-    bench: Benchmark, data: Path | None, weights_dir: str | None, seeds: int | None = None
+    bench: Benchmark, data: str | None, weights_dir: str | None, seeds: int | None = None
 ) -> dict[str, Any]:
     """The plan: one entry per sweep, the data's splits, the totals of the cost model."""
     splits, problem = data_splits(bench, data)
@@ -40,19 +40,18 @@ def _no_data(bench: Benchmark) -> str:
     return "a synthetic set (made at run time)" if bench.synth else "no data (splits not checked)"
 
 
-def data_splits(
-    bench: Benchmark, data: Path | None
-) -> tuple[dict[str, dict[str, int]] | None, str]:
+def data_splits(bench: Benchmark, data: str | None) -> tuple[dict[str, dict[str, int]] | None, str]:
     """Rows per split of each task (``classification-whole`` for whole images): from the
     manifest of prepared shards, from the catalog of a download; None for the synthetic set.
     With them, what makes a download unusable ("" when nothing does): files its CSVs name
     that are missing or unreadable, counted as ``catalog`` counts them."""
     if data is None:
         return None, ""
-    if (data / "manifest.json").is_file():
+    store = Store.at(data)
+    if store.is_file("manifest.json"):
         import json
 
-        manifest = json.loads((data / "manifest.json").read_text())
+        manifest = json.loads(store.read_bytes("manifest.json"))
         whole = manifest.get("config", {}).get("cls_input") == "whole"
         out = {}
         for task, info in manifest.get("tasks", {}).items():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from data_pipeline.storage import location_text
 from orchestration.train.config import TrainConfig
 
 
@@ -57,7 +57,7 @@ class SweepConfig:
         train = {"patience": self.max_epochs, "max_failures": self.max_failures, **self.train}
         return TrainConfig(
             model=self.model,
-            data=str(Path(self.data).resolve()),
+            data=location_text(self.data),
             task=self.task,
             epochs=self.max_epochs,
             workers=self.workers,

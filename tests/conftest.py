@@ -72,6 +72,42 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server on loopback (moto's ``ThreadedMotoServer``) and the AWS
+    environment that reaches it, set for the rest of the session (restored after it)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,  # MLflow's boto3 client: the same server
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def make_bucket(endpoint: str, name: str) -> str:
+    """Create bucket ``name`` (at least 3 characters) on the server; its ``s3://`` URI."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
 TINY = {"cls_size": 32, "seg_size": 32, "det_size": 64, "shard_size": 16}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -36,3 +37,21 @@ def test_rayjob_runs_mammobench_on_the_same_ray() -> None:
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     assert job["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
     assert job["spec"]["entrypoint"].startswith("mammobench ")
+
+
+def test_the_cluster_commands_name_data_every_node_reaches() -> None:
+    """Nodes share no disk: the README's cluster commands, cluster.yaml and the RayJob name the
+    bucket (or a ReadWriteMany volume), not a path of one machine."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Run on a GPU cluster") :].split("\n## ")[0]
+    code = "".join(re.findall(r"```bash\n(.*?)```", section, re.S))
+    commands = [line for line in code.splitlines() if "--data " in line]
+    assert commands and all("--data s3://" in line for line in commands)
+    assert "aws s3 sync" in section
+    config = (REPO / "cluster.yaml").read_text()
+    assert "--data\n#   s3://" in config or "--data s3://" in config.replace("\n#   ", " ")
+    assert "cached on local disk" not in config
+    job = yaml.safe_load((REPO / "deploy" / "rayjob.yaml").read_text())
+    assert "--data s3://" in job["spec"]["entrypoint"]
+    text = (REPO / "deploy" / "rayjob.yaml").read_text()
+    assert "persistentVolumeClaim" not in text and "ReadWriteMany" in text

@@ -30,6 +30,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from data_pipeline.storage import Store
 from orchestration.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -392,10 +393,10 @@ def _dataset_inputs(cfg: TrainConfig, splits: tuple[str, ...]) -> list[Any]:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    manifest = Path(cfg.data) / "manifest.json"  # a job always has one; a tracker's test may not
-    fingerprint = (
-        json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
-    )
+    try:  # a job always has one; a tracker's test may not
+        fingerprint = json.loads(Store.at(cfg.data).read_bytes("manifest.json")).get("fingerprint")
+    except FileNotFoundError:
+        fingerprint = None
     digest = str(fingerprint or "unprepared")[:36]
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder
         warnings.simplefilter("ignore", UserWarning)

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_pipeline.storage import Store
+
 if TYPE_CHECKING:  # models imports torch and timm: Ray Data workers decoding shards need neither
     from models import ModelSpec
 
@@ -157,22 +159,25 @@ def _check_keys(data: dict[str, Any]) -> None:
 
 
 def read_manifest(data: str | Path, task: str) -> dict[str, Any]:
-    """The prepare manifest, checked to hold ``task``."""
-    path = Path(data) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `mammobench prepare` first")
-    manifest = json.loads(path.read_text())
+    """The prepare manifest (in a folder or at a URI), checked to hold ``task``."""
+    store = Store.at(data)
+    path = store.uri("manifest.json")
+    try:
+        manifest = json.loads(store.read_bytes("manifest.json"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: run `mammobench prepare` first") from None
     if task not in manifest.get("tasks", {}):
         raise ValueError(f"{path} holds no {task} data: run `mammobench prepare --task {task}`")
     return manifest
 
 
 def shard_paths(data: str | Path, task: str, split: str) -> list[str]:
-    """Absolute paths of one split's Parquet shards, from the manifest."""
+    """Absolute paths or URIs of one split's Parquet shards, from the manifest."""
     shards = read_manifest(data, task)["tasks"][task].get("shards", {})
+    store = Store.at(data)
     if split not in shards:
-        path = Path(data) / "manifest.json"
         raise ValueError(
-            f"{path} lists no {split} shards of {task}: run `mammobench prepare` again"
+            f"{store.uri('manifest.json')} lists no {split} shards of {task}: "
+            "run `mammobench prepare` again"
         )
-    return [str(Path(data).resolve() / name) for name in shards[split]]
+    return [store.uri(name) for name in shards[split]]

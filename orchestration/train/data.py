@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.augment import decode_batch, oversample, study_augmentation
 from data_pipeline.ray_data import data_context
+from data_pipeline.storage import open_file
 from orchestration.train.config import TrainConfig, shard_paths
 
 SHUFFLE_BUFFER_BYTES = 64 * 2**20  # decoded pixels held per worker for the local shuffle
@@ -59,7 +60,9 @@ def label_counts(cfg: TrainConfig, split: str = "train") -> Counter:
     """Rows per label in a split, read from the shards' label column only."""
     counts: Counter = Counter()
     for path in shard_paths(cfg.data, cfg.task, split):
-        counts.update(pq.read_table(path, columns=["label"]).column("label").to_pylist())
+        with open_file(path) as handle:
+            labels = pq.read_table(handle, columns=["label"]).column("label")
+        counts.update(labels.to_pylist())
     return counts
 
 
@@ -183,9 +186,10 @@ def read_metadata(cfg: TrainConfig, split: str) -> dict[str, list]:
     a column the shards lack (older shards) is None throughout."""
     columns: dict[str, list] = {name: [] for name in PREDICTION_METADATA}
     for path in shard_paths(cfg.data, cfg.task, split):
-        parquet = pq.ParquetFile(path)
-        present = [c for c in PREDICTION_METADATA if c in parquet.schema_arrow.names]
-        table = parquet.read(columns=present)
+        with open_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [c for c in PREDICTION_METADATA if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
         for name in PREDICTION_METADATA:
             values = table.column(name).to_pylist() if name in present else [None] * len(table)
             columns[name].extend(values)
@@ -195,10 +199,11 @@ def read_metadata(cfg: TrainConfig, split: str) -> dict[str, list]:
 def iter_split(cfg: TrainConfig, split: str, batch_size: int) -> Iterator[dict[str, Any]]:
     """Stream one split's decoded batches without Ray (test evaluation, one process)."""
     for path in shard_paths(cfg.data, cfg.task, split):
-        parquet = pq.ParquetFile(path)
-        for record_batch in parquet.iter_batches(batch_size=batch_size, columns=_columns(cfg.task)):
-            batch = {
-                name: record_batch.column(name).to_numpy(zero_copy_only=False)
-                for name in record_batch.schema.names
-            }
-            yield _decode(batch, cfg.task, augment=False)
+        with open_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            for record in parquet.iter_batches(batch_size=batch_size, columns=_columns(cfg.task)):
+                batch = {
+                    name: record.column(name).to_numpy(zero_copy_only=False)
+                    for name in record.schema.names
+                }
+                yield _decode(batch, cfg.task, augment=False)

@@ -4,7 +4,8 @@
 dataset exists: each task needs a worker process, and a trial's actor is a new process; here
 that was 1.4 s of a Train job's start-up and 2.6-3.3 s of a trial's (``bench/trial_startup.py``:
 its datasets stage before and after). Shards are ``prepare``'s own,
-small and listed in the manifest: their footers (row counts, byte sizes) are read where the dataset
+small and listed in the manifest (paths or URIs: each read task opens its file where it runs, from
+a disk or a bucket): their footers (row counts, byte sizes) are read where the dataset
 is made, in milliseconds, and each shard file is one read task.
 
 With a seed, the files are read in a new order on every execution (every epoch), seeded by (seed,
@@ -22,6 +23,8 @@ import pyarrow.parquet as pq
 from ray.data import DataContext
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
+
+from data_pipeline.storage import open_file
 
 
 class ShardSource(Datasource):
@@ -68,7 +71,8 @@ class ShardSource(Datasource):
 
 def _footer_size(path: str, columns: list[str]) -> tuple[int, int]:
     """Rows of a shard and the uncompressed bytes of ``columns`` in it, from its footer."""
-    meta = pq.read_metadata(path)
+    with open_file(path) as handle:
+        meta = pq.read_metadata(handle)
     wanted = set(columns)
     size = 0
     for g in range(meta.num_row_groups):
@@ -81,6 +85,7 @@ def _footer_size(path: str, columns: list[str]) -> tuple[int, int]:
 
 
 def _read_shard(path: str, columns: list[str], rows: int) -> Iterator[pa.Table]:
-    parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=rows, columns=columns):
-        yield pa.Table.from_batches([batch])
+    with open_file(path) as handle:  # a path or a URI: read where the task runs
+        parquet = pq.ParquetFile(handle)
+        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+            yield pa.Table.from_batches([batch])

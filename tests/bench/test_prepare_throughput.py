@@ -10,7 +10,8 @@ import pytest
 
 from data_pipeline.catalog import build_catalog
 from data_pipeline.prepare_plan import plan_items
-from data_pipeline.samples import convert_item
+from data_pipeline.samples import Sources, convert_item
+from data_pipeline.storage import Store
 from data_pipeline.synth import SynthConfig, make_synthetic
 from tests.bench.bench_run import REPO, run_in_process
 
@@ -27,7 +28,7 @@ def test_stages_make_the_same_bytes_as_convert_item(tmp_path, monkeypatch) -> No
     for kind in ITEMS:
         cfg = bench.kind_config(kind)
         for item in plan_items(catalog, cfg, cfg.tasks[0]):
-            row = convert_item(item, data, cfg)
+            row = convert_item(item, Sources(Store.at(data)), cfg)
             seconds, pngs = bench.stages(item, data, cfg)
             assert pngs == [row[k] for k in ("image", "mask") if k in row], kind
             assert set(seconds) == set(bench.STAGES) and min(seconds.values()) >= 0
@@ -62,7 +63,7 @@ def test_prepare_throughput_figures_hang_together(ray_local, capsys, monkeypatch
     assert sum(shares.values()) == pytest.approx(1, rel=1e-3)
     assert ext["whole"]["disk_gb"] == pytest.approx(163.6 * shares["image"], rel=1e-3)
     assert ext["lesion"]["disk_gb"] == pytest.approx(163.6, rel=1e-3)  # images, masks and crops
-    disk = sum(ext[k]["disk_minutes"] for k in DEFAULT_KINDS)
+    disk = ext["lesion"]["disk_minutes"]  # one pass: every file once (the lesion kind reads all)
     for cores in CORES:
         cpu = sum(ext[k][f"cpu_minutes_{cores}_cores"] for k in DEFAULT_KINDS)
         assert result[f"full_dataset_minutes_{cores}_cores"] == pytest.approx(max(cpu, disk), 1e-3)
@@ -70,3 +71,6 @@ def test_prepare_throughput_figures_hang_together(ray_local, capsys, monkeypatch
         assert (result[f"bound_{cores}"] == "disk") == (disk >= cpu)
     assert result["disk_read_mb_per_s"] > 0 and result["page_cache_read_mb_per_s"] > 0
     assert result["pipeline_1_worker_images_per_s"] > 0 and result["plain_process_scaling"] > 0
+    passes = result["passes"]  # a pass per task reads the full images three times, one pass once
+    assert passes["per_task_files_per_image"] > passes["one_pass_files_per_image"] >= 1
+    assert passes["per_task_bytes"] > 2 * passes["one_pass_bytes"] > 0

@@ -200,3 +200,34 @@ def test_a_tensor_out_of_place_is_refused_naming_both() -> None:
         map_by_order(swapped, target, "wheel")
     with pytest.raises(ValueError, match="295 tensors, 296 expected"):
         map_by_order(dict(list(source.items())[1:]), target, "wheel")
+
+
+def test_a_weights_folder_in_a_bucket_loads_and_checks_like_a_local_one(
+    weights: Path, state: dict[str, torch.Tensor], s3_endpoint: str, tmp_path: Path, monkeypatch
+) -> None:
+    """``MAMMOBENCH_WEIGHTS_DIR=s3://...``: each node copies the files it builds from once (the
+    loaders read paths), and again only when the object changes."""
+    import pyarrow.fs as pafs
+
+    from data_pipeline.storage import Store
+    from models.weights_store import check_weights_dir
+    from tests.conftest import make_bucket
+
+    monkeypatch.setenv("MAMMOBENCH_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    bucket = Store.at(f"{make_bucket(s3_endpoint, 'weights-bucket')}/weights")
+    pafs.copy_files(str(weights), bucket.fs_path(), destination_filesystem=bucket.fs)
+    lite0 = spec("efficientnet_lite0", weights, pretrained=True, weights_dir=bucket.root)
+    loaded = body_of(build_model(lite0), "efficientnet_lite0").state_dict()
+    assert len(loaded) >= 239 and all(torch.equal(v, state[k]) for k, v in loaded.items())
+    copied = list((tmp_path / "cache").rglob("efficientnet_lite0.pth"))
+    assert (
+        len(copied) == 1
+        and copied[0].read_bytes() == (weights / "efficientnet_lite0.pth").read_bytes()
+    )
+    first = copied[0].stat().st_mtime_ns
+    (row,) = check_weights_dir(bucket.root, ["efficientnet_lite0"])
+    assert row["status"] == "PASS", row
+    assert copied[0].stat().st_mtime_ns == first  # unchanged in the bucket: not copied again
+    bucket.write_bytes("efficientnet_lite0.pth", b"not weights")  # replaced in the bucket
+    (row,) = check_weights_dir(bucket.root, ["efficientnet_lite0"])
+    assert row["status"] == "FAIL" and "checksum" in row["detail"]

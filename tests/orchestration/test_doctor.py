@@ -79,9 +79,11 @@ def test_every_check_passes_on_the_embedded_default(
     assert {n: c.status for n, c in checks.items() if c.status != "PASS"} == {"gpu": "WARN"}
     assert list(checks) == [
         *("ray", "ray.autoscaler", "ray.fit", "ray.versions", "storage", "tracking"),
-        *("tracking.artifacts", "data.catalog", "data.files", "data.rows", "data.prepared"),
-        *("weights.mobilenetv2", "gpu"),
+        *("tracking.artifacts", "data.access", "prep.access", "data.catalog", "data.files"),
+        *("data.rows", "data.prepared", "weights.mobilenetv2", "gpu"),
     ]
+    assert "a header read" in checks["data.access"].detail
+    assert "seen by the driver" in checks["prep.access"].detail
     assert "not autoscaling" in checks["ray.autoscaler"].detail
     assert "constraints.txt pins ray==" in checks["ray.versions"].detail
     assert "the same node" in checks["storage"].detail
@@ -215,3 +217,25 @@ def test_lines_and_addresses() -> None:
         Check("x", "OK", "")
     assert probe_address(None) == "" and probe_address("auto") == ""
     assert "dashboard (job API) address" in probe_address("http://127.0.0.1:8265")
+
+
+def test_data_the_nodes_cannot_read_and_a_prep_they_cannot_write_fail(
+    ray_local, tmp_path: Path
+) -> None:
+    from orchestration.doctor_checks import probe_node
+    from orchestration.doctor_data import data_access_checks, prep_write_check
+
+    node = probe_node()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (check,) = data_access_checks(str(empty), str(tmp_path / "prep"), node)
+    assert (check.status, check.name) == ("FAIL", "data.access")
+    assert "no case-description CSV" in check.detail and "aws s3 sync" in check.fix
+    (check,) = data_access_checks(str(tmp_path / "absent"), str(tmp_path / "prep"), node)
+    assert check.status == "FAIL"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    check = prep_write_check(str(blocker / "prepared"), node)  # a folder under a file
+    assert (check.status, check.name) == ("FAIL", "prep.access") and "--prep s3://" in check.fix
+    check = prep_write_check(str(tmp_path / "prepared"), node)
+    assert check.status == "PASS" and not list((tmp_path / "prepared").iterdir())

@@ -88,9 +88,23 @@ def test_rows_that_cannot_run_fail_the_dry_run(tmp_path: Path) -> None:
     assert "some rows cannot run" in result.stdout
 
 
-def test_a_download_without_its_images_fails_the_dry_run(real_csv_dir: Path) -> None:
-    """The four real case CSVs and none of the 10,239 files they name: not runnable."""
-    result = runner.invoke(app, ["benchmark", "--data", str(real_csv_dir), "--dry-run", "--json"])
+@pytest.mark.parametrize("where", ["folder", "bucket"])
+def test_a_download_without_its_images_fails_the_dry_run(
+    real_csv_dir: Path, where: str, request
+) -> None:
+    """The four real case CSVs and none of the 10,239 files they name, on a disk or in a
+    bucket (what `aws s3 sync` of the CSVs alone leaves): not runnable."""
+    data = str(real_csv_dir)
+    if where == "bucket":
+        import pyarrow.fs as pafs
+
+        from data_pipeline.storage import Store
+        from tests.conftest import make_bucket
+
+        bucket = Store.at(f"{make_bucket(request.getfixturevalue('s3_endpoint'), 'csvs-only')}/d")
+        pafs.copy_files(data, bucket.fs_path(), destination_filesystem=bucket.fs)
+        data = bucket.root
+    result = runner.invoke(app, ["benchmark", "--data", data, "--dry-run", "--json"])
     assert result.exit_code == 1, result.output
     plan = json.loads(result.stdout.strip().splitlines()[-1])
     assert plan["data_problem"].startswith("10239 files the CSVs name are missing and 0 unreadable")

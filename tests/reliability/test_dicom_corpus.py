@@ -196,15 +196,15 @@ def test_every_case_is_a_row_or_a_quarantine_record(corpus: dict[str, Path]) -> 
         for item in _items(image, mask, rel)
     ]
     totals = Counter()
-    for task in ("classification", "segmentation", "detection"):
-        batch = [i for i in items if i["task"] == task]
-        spec = {"task": task, "split": "train", "name": f"{task}/train/00000", "items": batch}
-        result = write_shard(spec, str(root), str(root / "out"), _config_dict())
-        assert result["expected"] == result["written"] + len(result["quarantine"])
-        for record in [*result["quarantine"], *result["damaged"]]:
+    spec = {"split": "train", "name": "train/00000", "items": items}
+    result = write_shard(spec, str(root), str(root / "out"), _config_dict())
+    for task, part in result["tasks"].items():
+        assert part["expected"] == part["written"] + len(part["quarantine"])
+        for record in [*part["quarantine"], *part["damaged"]]:
             assert (root / record["source_path"]).is_file(), record
             assert CANARY not in record["reason"]
-        totals[task] = len(result["quarantine"])
+        totals[task] = len(part["quarantine"])
+    assert set(totals) == {"classification", "segmentation", "detection"}
     assert all(totals[t] > len(corpus) // 2 for t in totals), totals
 
 
@@ -288,9 +288,9 @@ else:
 item = {"task": "detection", "key": "k", "split": "train", "label": 1, "patient_id": "P",
         "image_file": image, "image_csv_path": image, "mask_files": ["mask.dcm"],
         "mask_csv_paths": ["mask.dcm"], "lesion_labels": [1], "lesion_keys": ["k"]}
-spec = {"task": "detection", "split": "train", "name": "detection/train/00000", "items": [item]}
-result = write_shard(spec, str(root), str(root / when), asdict(PrepareConfig(det_size=64)))
-print(result["written"], *(q["reason"] for q in result["quarantine"]))
+spec = {"split": "train", "name": "train/00000", "items": [item]}
+result = write_shard(spec, str(root), str(root / when), asdict(PrepareConfig(det_size=64)))["tasks"]
+print(result["detection"]["written"], *(q["reason"] for q in result["detection"]["quarantine"]))
 """
 
 
