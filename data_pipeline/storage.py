@@ -3,7 +3,8 @@
 ``Store.at("s3://bucket/cbis-ddsm")``, ``Store.at("gs://bucket/prepared")`` and
 ``Store.at("/data/cbis-ddsm")`` answer the same calls with paths relative to their root (POSIX
 separators). Credentials come from the environment or the instance profile, as pyarrow finds them;
-an S3-compatible store (MinIO, an on-premises store) is reached through ``AWS_ENDPOINT_URL``. Requests
+an S3-compatible store (MinIO, an on-premises store) is reached through ``AWS_ENDPOINT_URL``, a GCS
+emulator through ``STORAGE_EMULATOR_HOST``. Requests
 are retried by the filesystem's own retry strategy (throttling, dropped connections); one that still
 fails raises ``StorageError`` naming the object.
 
@@ -27,6 +28,7 @@ import pyarrow.fs as pafs
 SCHEMES = ("s3", "gs", "gcs")
 S3_ATTEMPTS = 8  # AWS's standard retry mode: exponential backoff with jitter
 ATTEMPTS_ENV = "MAMMOBENCH_S3_ATTEMPTS"  # overrides S3_ATTEMPTS
+GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # Google's variable for a GCS emulator's address
 GCS_RETRY_SECONDS = 60
 
 
@@ -85,7 +87,13 @@ def _remote_filesystem(
             endpoint_override=endpoint,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
         )
-    return pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=GCS_RETRY_SECONDS))
+    retry = timedelta(seconds=GCS_RETRY_SECONDS)
+    if endpoint:  # an emulator, as Google's libraries reach one: no credentials
+        scheme, _, host = endpoint.rpartition("://")
+        return pafs.GcsFileSystem(
+            anonymous=True, scheme=scheme or "http", endpoint_override=host, retry_time_limit=retry
+        )
+    return pafs.GcsFileSystem(retry_time_limit=retry)
 
 
 @dataclass(frozen=True)
@@ -96,21 +104,24 @@ class Store:
 
     @classmethod
     def at(cls, location: str | os.PathLike[str]) -> Store:
+        """The store at a path or URI (see ``location_text``)."""
         return cls(location_text(location))
 
     @property
     def remote(self) -> bool:
+        """An object store (not a local or mounted folder)."""
         return is_uri(self.root)
 
     @property
     def fs(self) -> pafs.FileSystem:
+        """The pyarrow filesystem (one per bucket and endpoint in a process)."""
         if not self.remote:
             return pafs.LocalFileSystem()
         scheme, _, rest = self.root.partition("://")
         scheme = "gs" if scheme.lower() in ("gs", "gcs") else "s3"
         bucket = rest.split("/", 1)[0]
         if scheme == "gs":
-            return _remote_filesystem(scheme, bucket)
+            return _remote_filesystem(scheme, bucket, os.environ.get(GCS_EMULATOR_ENV))
         return _remote_filesystem(scheme, bucket, **s3_options())
 
     def fs_path(self, rel: str = "") -> str:
@@ -121,9 +132,6 @@ class Store:
     def uri(self, rel: str = "") -> str:
         """``rel`` as a full location: a URI or an absolute local path."""
         return posixpath.join(self.root, rel) if rel else self.root
-
-    def child(self, rel: str) -> Store:
-        return Store(self.uri(rel))
 
     def local_path(self, rel: str = "") -> Path | None:
         """The local path of ``rel``, or None in an object store."""
@@ -138,12 +146,15 @@ class Store:
             raise StorageError(f"{self.uri(rel)}: cannot {what} ({exc})") from exc
 
     def info(self, rel: str = "") -> pafs.FileInfo:
+        """pyarrow's ``FileInfo`` of ``rel`` (type ``NotFound`` when absent)."""
         return self._call("stat", rel, self.fs.get_file_info, self.fs_path(rel))
 
     def is_file(self, rel: str) -> bool:
+        """``rel`` is a file (an object)."""
         return self.info(rel).type == pafs.FileType.File
 
     def is_dir(self, rel: str = "") -> bool:
+        """``rel`` is a folder (a prefix with objects under it)."""
         return self.info(rel).type == pafs.FileType.Directory
 
     def files(self, rel: str = "") -> dict[str, tuple[int, int]]:
@@ -167,6 +178,7 @@ class Store:
         return self._call("open", rel, self.fs.open_input_file, self.fs_path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
+        """The whole file (one request, or pyarrow's parallel ranged reads for large objects)."""
         with self.open(rel) as handle:
             return self._call("read", rel, handle.read)
 
@@ -176,6 +188,7 @@ class Store:
             return self._call("read", rel, handle.read_at, size, 0)
 
     def read_text(self, rel: str) -> str:
+        """The file as UTF-8 text."""
         return self.read_bytes(rel).decode()
 
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -190,6 +203,7 @@ class Store:
         os.replace(f"{tmp}.{os.getpid()}", target)
 
     def write_text(self, rel: str, text: str) -> None:
+        """``write_bytes`` of UTF-8 text."""
         self.write_bytes(rel, text.encode())
 
     def delete(self, rel: str) -> None:
@@ -199,8 +213,9 @@ class Store:
 
     def delete_dir(self, rel: str) -> None:
         """Remove a folder (prefix) and all under it; absent is fine."""
-        if self.is_dir(rel):
-            self._call("delete", rel, self.fs.delete_dir, self.fs_path(rel))
+        if self.is_dir(rel):  # GCS: the objects go, then a folder marker that may not exist
+            with contextlib.suppress(FileNotFoundError):
+                self._call("delete", rel, self.fs.delete_dir, self.fs_path(rel))
 
     def make_dir(self) -> None:
         """Create the root folder (object stores need none)."""

@@ -47,7 +47,7 @@ def predict(
 def evaluate(
     ctx: typer.Context,
     model_uri: ModelUri,
-    data: Annotated[Path, typer.Option(help="Prepared folder (`mammobench prepare`).")],
+    data: Annotated[str, typer.Option(help="Prepared data, folder or URI (`mammobench prepare`).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     bootstrap: Annotated[
         int | None, typer.Option(help="Bootstrap resamples for the CIs [default: the model's].")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,49 @@ def s3_endpoint():
         else:
             os.environ[key] = value
     server.stop()
+
+
+GCS_BUCKET = "mammobench-gcs"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory: pytest.TempPathFactory):
+    """A GCS emulator on loopback (PyPI's ``gcp-storage-emulator``, a real JSON-API server)
+    holding one bucket; ``STORAGE_EMULATOR_HOST`` points at it for the rest of the session."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    cli = Path(sys.executable).parent / "gcp-storage-emulator"
+    cmd = [str(cli), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    log = (tmp_path_factory.mktemp("gcs") / "emulator.log").open("w")
+    proc = subprocess.Popen([*cmd, f"--default-bucket={GCS_BUCKET}"], stdout=log, stderr=log)
+    host, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{host}/storage/v1/b/{GCS_BUCKET}", timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    yield f"gs://{GCS_BUCKET}"
+    if saved is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = saved
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
 
 
 def make_bucket(endpoint: str, name: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from data_pipeline.storage import location_text
 from orchestration.results.tracking import (
     FINGERPRINT_TAG,
     client_for,
@@ -47,10 +48,11 @@ def _json_ready(row: dict[str, Any], path: Path, out: Path | None) -> dict[str, 
     return row | {"mask": str(target)}
 
 
-def external_config(spec: dict[str, Any], data: Path, bootstrap: int | None) -> TrainConfig:
+def external_config(spec: dict[str, Any], data: str, bootstrap: int | None) -> TrainConfig:
     """The model's training config pointed at ``data``, checked to make the model's input."""
     cfg = TrainConfig.from_dict(spec["train_config"])
-    cfg = replace(cfg, data=str(data), pretrained=False, weights_dir=None).with_manifest()
+    cfg = replace(cfg, data=location_text(data), pretrained=False, weights_dir=None)
+    cfg = cfg.with_manifest()
     size = spec["preprocess"]["size"]
     classes = cfg.num_classes != spec["model"]["num_classes"] and not cfg.lesion_detector
     if cfg.image_size != size or classes:
@@ -64,7 +66,7 @@ def external_config(spec: dict[str, Any], data: Path, bootstrap: int | None) -> 
 
 def evaluate(
     model_uri: str,
-    data: Path,
+    data: str | Path,
     settings: Settings,
     split: str = "test",
     bootstrap: int | None = None,
@@ -91,7 +93,7 @@ def _log(
     fingerprint = read_manifest(cfg.data, cfg.task).get("fingerprint")
     run = client.create_run(
         exp,
-        run_name=f"{model_uri.removeprefix('models:/')} on {Path(cfg.data).name}",
+        run_name=f"{model_uri.removeprefix('models:/')} on {cfg.data.rsplit('/', 1)[-1]}",
         tags={"mammobench.model_uri": model_uri, FINGERPRINT_TAG: fingerprint},
     )
     client.log_param(run.info.run_id, "data", cfg.data)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from data_pipeline.catalog import build_catalog
 from data_pipeline.convert import prepare
 from data_pipeline.prepare_plan import PrepareConfig
 from data_pipeline.storage import Store
-from tests.conftest import make_bucket
+from tests.conftest import free_port, make_bucket
 from tests.realdata import VAL_FRACTION, make_real_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,12 +71,6 @@ cluster.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_env(s3_endpoint: str) -> str:
     return make_bucket(s3_endpoint, BUCKET)
@@ -98,7 +91,7 @@ def cluster(s3_env) -> Iterator[tuple[str, subprocess.Popen]]:
     os.mkdir(f"{temp}/ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLUSTER, temp, str(_free_port())],
+        [sys.executable, "-c", CLUSTER, temp, str(free_port())],
         env=env | {"PYTHONPATH": str(REPO), "RAY_TMPDIR": temp},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -114,7 +107,7 @@ def cluster(s3_env) -> Iterator[tuple[str, subprocess.Popen]]:
 @pytest.fixture(scope="module")
 def mlflow_server(s3_env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tracking server: runs in sqlite, artifacts proxied into the bucket."""
-    folder, port = tmp_path_factory.mktemp("mlflow"), _free_port()
+    folder, port = tmp_path_factory.mktemp("mlflow"), free_port()
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--workers", "1"]
     cmd += ["--artifacts-destination", f"s3://{BUCKET}/mlflow"]

@@ -1,6 +1,7 @@
 """Registry: names, errors, listings and the package's import boundary."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,14 @@ def test_package_never_imports_tracking_or_ray_training() -> None:
     assert violations(Path(models.__file__).parent, forbidden) == []
 
 
-def test_package_takes_only_the_vocabulary_from_data_pipeline() -> None:
-    """``data_pipeline``'s names (tasks, splits), never its decoding code."""
+def test_package_takes_only_the_vocabulary_and_the_storage_from_data_pipeline() -> None:
+    """``data_pipeline``'s names (tasks, splits) and its storage layer (a weights folder in a
+    bucket), never its decoding code; the storage layer needs pyarrow alone."""
     found = imported_modules(Path(models.__file__).parent)
     assert {n for names in found.values() for n in names if n.startswith("data_pipeline")} <= {
-        "data_pipeline"
+        "data_pipeline",
+        "data_pipeline.storage",
     }
+    storage = imported_modules(Path(models.__file__).parents[1] / "data_pipeline")
+    third_party = {n.split(".")[0] for n in storage["data_pipeline/storage.py"]}
+    assert third_party - set(sys.stdlib_module_names) == {"pyarrow"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from orchestration.doctor_checks import (
 from orchestration.doctor_gpu import gpu_checks, step_and_evaluate, study_rows
 from orchestration.settings import Settings
 from search_spaces.benchmarks import load_benchmark
+from tests.conftest import free_port
 
 TINY_BENCH = """\
 description: the doctor's test config, one classifier at the test fixtures' sizes
@@ -61,12 +61,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(home: Path, **options: str) -> Settings:
     defaults = {"tracking_uri": f"sqlite:///{home / 'mlflow.db'}", "storage": str(home / "res")}
     return Settings(home=home, address=None, **defaults | options)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_every_check_passes_on_the_embedded_default(
@@ -129,7 +123,7 @@ def test_an_unwritable_storage_path_fails_with_its_fix(ray_local, tmp_path: Path
 
 
 def test_a_tracking_uri_nothing_listens_on_fails_fast(ray_local, tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     (check,) = tracking_checks(_settings(tmp_path, tracking_uri=uri), probe_node())
     assert time.monotonic() - start < 30
@@ -186,7 +180,7 @@ def test_gpu_without_a_gpu_warns_and_its_step_runs_on_cpu(bench_file: Path) -> N
 def test_an_address_nothing_listens_on_fails_fast_in_the_cli(
     bench_file: Path, tmp_path: Path
 ) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "MAMMOBENCH_HOME": str(tmp_path)}
     start = time.monotonic()
     out = subprocess.run(

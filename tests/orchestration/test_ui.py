@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
 
 
 def _get(url: str, host: str | None = None) -> int:
@@ -29,7 +24,7 @@ def _get(url: str, host: str | None = None) -> int:
 
 
 def test_ui_answers_on_loopback_and_refuses_foreign_host(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MAMMOBENCH_HOME": str(tmp_path)}
     exe = Path(sys.executable).parent / "mammobench"
     proc = subprocess.Popen(

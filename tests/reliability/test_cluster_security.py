@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIAL = re.compile(r"\b([A-Z_]*(?:PASSWORD|TOKEN|SECRET_KEY|USERNAME))=\"?(\S*)")
 URI_PASSWORD = re.compile(r"://[^/\s:@]+:(?!\$)[^@\s/]+@")
@@ -191,12 +193,6 @@ def test_secret_files_are_private_and_plain_names(tmp_path: Path) -> None:
     assert not (tmp_path / "authorized_keys").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _status(url: str, headers: dict[str, str]) -> int:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
@@ -217,7 +213,7 @@ def basic_auth_server(tmp_path: Path):
     config["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'auth.db'}"
     with (tmp_path / "auth.ini").open("w") as f:
         config.write(f)
-    port, password = _free_port(), secrets.token_urlsafe(16)
+    port, password = free_port(), secrets.token_urlsafe(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
         "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
         "MLFLOW_AUTH_ADMIN_USERNAME": "admin",

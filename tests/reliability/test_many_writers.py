@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestration.results.tracking import SweepRun, client_for, experiment_id
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WRITERS, EPOCHS = 8, 24
@@ -58,12 +58,6 @@ for thread in threads:
     thread.join()
 """
 PROCESSES = 2  # x 4 writer threads: 8 writers, across processes (sqlite's locks are per file)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run_writers(uri: str, experiment: str, parent: str, folder: Path) -> None:
@@ -123,7 +117,7 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def postgres_uri() -> Iterator[str]:
     """A real PostgreSQL server on 127.0.0.1, started for this module and removed after."""
-    bin_dir, port = _pg_bin(), _free_port()
+    bin_dir, port = _pg_bin(), free_port()
     folder = Path(tempfile.mkdtemp(prefix="mammobench-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
@@ -146,7 +140,7 @@ def postgres_uri() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def mlflow_server(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on the PostgreSQL backend, on loopback."""
-    port, artifacts = _free_port(), tmp_path_factory.mktemp("server-artifacts")
+    port, artifacts = free_port(), tmp_path_factory.mktemp("server-artifacts")
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow), "server", "--backend-store-uri", postgres_uri, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--default-artifact-root", artifacts.as_uri(), "--workers", "2"]

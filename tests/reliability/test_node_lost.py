@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import free_port
 from tests.reliability.test_faults import ONE_TRIAL, _children, _history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,12 +66,6 @@ cluster.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow  # a kill and a resume: minutes
 def test_sweep_survives_a_lost_worker_node(prepared_small: Path, tmp_path: Path) -> None:
     space, script = tmp_path / "one.yaml", tmp_path / "sweep.py"
@@ -80,7 +74,7 @@ def test_sweep_survives_a_lost_worker_node(prepared_small: Path, tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     temp = tempfile.mkdtemp(prefix="mb-cluster-")  # short: Ray's socket paths stay < 108 bytes
     os.mkdir(f"{temp}/ray")  # RAY_TMPDIR/ray: the cluster's address file, not /tmp/ray's
-    args = [str(prepared_small), str(tmp_path), str(space), temp, str(_free_port())]
+    args = [str(prepared_small), str(tmp_path), str(space), temp, str(free_port())]
     try:
         run = subprocess.run(
             [sys.executable, str(script), *args],
