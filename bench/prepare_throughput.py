@@ -127,10 +127,7 @@ def _read_mb_s(files: list[Path]) -> float:
 def disk_read_mb_s(files: list[Path]) -> tuple[float, float]:
     """Sequential read MB/s of ``files`` with their cached pages dropped first (written back with
     fsync, then POSIX_FADV_DONTNEED, which needs no root), and again from the page cache."""
-    for path in files:
-        with open(path, "rb") as file:
-            os.fsync(file.fileno())
-            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    drop_page_cache(files)
     return _read_mb_s(files), _read_mb_s(files)
 
 
